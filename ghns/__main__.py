@@ -1,0 +1,3 @@
+from ghns.cli import main
+
+main()

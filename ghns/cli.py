@@ -1,0 +1,232 @@
+"""The ``ghns`` command line.
+
+Options that set configuration are generated from ``ghns.config.Config`` (``with_config``), so a
+flag and its YAML key are the same name by construction. A user mistake (bad flag, bad value,
+missing path, malformed file) prints ``error: <one line>`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+
+try:  # typer >= 0.25 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from ghns.config import Config, resolve_config
+from ghns.errors import GHNSError
+
+log = logging.getLogger("ghns")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="GHNS: hard-negative feature generation for fine-grained recognition.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Inspect datasets and catalogs.")
+show_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Pictures of a run: part boxes, hard negatives.")
+app.add_typer(data_app, name="data")
+app.add_typer(show_app, name="show")
+
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML file whose keys are these flags.")
+
+
+def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool = True) -> Callable:
+    """Add one ``--flag`` per Config field of ``sections`` to a command.
+
+    The command receives ``cfg``: defaults < run dir's config.yaml < --config file < flags
+    (the run dir's saved config is skipped with ``use_run_dir=False``).
+    """
+    fields = [f for f in dataclasses.fields(Config)
+              if f.metadata.get("section") in sections and f.name not in exclude]
+
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "cfg"]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            overrides = {f.name: kwargs.pop(f.name) for f in fields}
+            config_file = kwargs.pop("config")
+            cfg = resolve_config(config_file, overrides, use_run_dir=use_run_dir)
+            return fn(cfg=cfg, **kwargs)
+
+        params = own + [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
+                                          default=CONFIG_OPTION, annotation=Optional[str])]
+        for f in fields:
+            typ, _ = _scalar_type(f)
+            flag = "--" + f.name.replace("_", "-")
+            decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
+            help_text = f.metadata["help"]
+            if f.metadata.get("choices"):
+                help_text += f" [{'|'.join(f.metadata['choices'])}]"
+            help_text += f" (default: {f.default})"
+            params.append(inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, *decls, help=help_text, show_default=False),
+                annotation=Optional[typ]))
+        wrapper.__signature__ = sig.replace(parameters=params)
+        return wrapper
+
+    return deco
+
+
+def _scalar_type(f: dataclasses.Field) -> tuple[type, bool]:
+    from ghns.config import _base_type
+
+    return _base_type(f.type)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+@data_app.command("info")
+@with_config("data", use_run_dir=False)
+def data_info(cfg: Config) -> None:
+    """Print a dataset's classes and per-split image counts (no run directory is written)."""
+    from ghns.data import build_catalog
+
+    catalog = build_catalog(cfg)
+    print_catalog_summary(catalog)
+
+
+def print_catalog_summary(catalog) -> None:
+    counts = catalog.counts()
+    width = max(10, min(48, max(len(c) for c in catalog.classes)))
+    typer.echo(f"dataset: {catalog.dataset}   root: {catalog.info.get('root')}")
+    typer.echo(f"{len(catalog.classes)} classes   val: {catalog.info.get('val')}")
+    typer.echo(f"{'label':>5}  {'class':<{width}} {'train':>6} {'val':>6} {'test':>6}")
+    for label, row in counts.iterrows():
+        typer.echo(f"{label:>5}  {row['class_name'][:width]:<{width}} {row['train']:>6} "
+                   f"{row['val']:>6} {row['test']:>6}")
+    totals = counts[["train", "val", "test"]].sum()
+    typer.echo(f"{'':>5}  {'total':<{width}} {totals['train']:>6} {totals['val']:>6} "
+               f"{totals['test']:>6}")
+    skipped = catalog.info.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+        typer.echo(f"skipped images: {sum(skipped.values())} ({reasons}); see the log for paths")
+    dups = catalog.info.get("duplicate_groups") or []
+    if dups:
+        typer.echo(f"byte-identical images: {len(dups)} group(s), "
+                   f"{catalog.info.get('duplicates_across_splits', 0)} across splits "
+                   f"(image ids {dups[0]}{' ...' if len(dups) > 1 else ''})")
+
+
+# -- pipeline and stages ---------------------------------------------------------------------
+
+def run_catalog(cfg: Config, force: bool = False):
+    """Stage 0: the dataset's catalog in the run directory (skipped when already there)."""
+    from ghns.data import Catalog, build_catalog
+    from ghns.rundir import RunDir, fingerprint
+
+    run = RunDir(cfg.run_dir)
+    fp = fingerprint(cfg, "catalog")
+    if run.catalog.is_file() and run.is_done("catalog", fp, force):
+        log.info("catalog: done already (%s)", run.catalog)
+        return Catalog.read(run.catalog)
+    with run.stage("catalog", fp):
+        catalog = build_catalog(cfg)
+        catalog.write(run.catalog)
+    return catalog
+
+
+NOT_BUILT = {
+    "localize": "weakly supervised localization (issue 3)",
+    "train-parts": "stage 1, part networks and FilterNet (issue 4)",
+    "generate": "stage 2, the hard-negative generator (issue 5)",
+    "train-final": "stage 3, the final classifiers (issue 6)",
+    "evaluate": "evaluation and the report (issue 6)",
+    "predict": "prediction with the fused classifiers (issue 6)",
+    "sweep": "Ray Tune sweeps (issue 7)",
+}
+
+
+@app.command()
+@with_config("data", "run")
+def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
+                                                       help="Redo stages that are done.")) -> None:
+    """Run every stage in one run directory, skipping those already done."""
+    from ghns.rundir import RunDir
+
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    catalog = run_catalog(cfg, force=force)
+    cfg.to_yaml(run.config)
+    print_catalog_summary(catalog)
+    missing = [NOT_BUILT[s] for s in ("localize", "train-parts", "generate", "train-final",
+                                      "evaluate")]
+    typer.echo("not built yet, so not run: " + "; ".join(missing))
+
+
+def _not_built(name: str) -> Callable:
+    def command(cfg: Config) -> None:
+        raise typer.Exit(_stop(f"'{name}' is not built yet: {NOT_BUILT[name]}", code=1))
+
+    command.__doc__ = f"{NOT_BUILT[name][0].upper()}{NOT_BUILT[name][1:]}."
+    return command
+
+
+for _name in ("localize", "train-parts", "generate", "train-final", "evaluate", "sweep"):
+    app.command(_name)(with_config("run")(_not_built(_name)))
+
+
+@app.command()
+def predict(images: list[str] = typer.Argument(..., help="Image files."),
+            run_dir: str = typer.Option("ghns-run", "--run-dir", help="Run directory.")) -> None:
+    """Top-5 class names with fused scores for each image."""
+    raise typer.Exit(_stop(f"'predict' is not built yet: {NOT_BUILT['predict']}", code=1))
+
+
+@show_app.command("parts")
+@with_config("run")
+def show_parts(cfg: Config) -> None:
+    """A PNG grid of images with object and part boxes and the three crops."""
+    raise typer.Exit(_stop("'show parts' is not built yet: it needs localization (issue 3)", code=1))
+
+
+@show_app.command("negatives")
+@with_config("run")
+def show_negatives(cfg: Config) -> None:
+    """A PNG mosaic of reference crops beside their hard negatives."""
+    raise typer.Exit(_stop("'show negatives' is not built yet: it needs stage 2 (issue 5)", code=1))
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+def _stop(message: str, code: int = 2) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors with exit code 2 for user mistakes."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="ghns", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) inside a command comes back as n
+            sys.exit(code)
+    except GHNSError as exc:
+        sys.exit(_stop(str(exc)))
+    except click_exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "")
+        sys.exit(0)
+    except click_exceptions.ClickException as exc:
+        sys.exit(_stop(exc.format_message().strip().splitlines()[0]))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(_stop("aborted", code=130))
+    finally:
+        log.removeHandler(handler)

@@ -1,0 +1,222 @@
+"""The one configuration of a ghns run.
+
+A flat, typed dataclass. Its keys are exactly the command-line flags (``per_class`` in YAML is
+``--per-class`` on the command line); the CLI builds its options from these fields, so the two
+cannot drift. Resolution order, later wins: defaults < the run directory's saved
+``config.yaml`` < ``--config FILE.yaml`` < flags. Every value is checked here, and a bad one is
+a ``ConfigError`` with a one-line message naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from ghns.errors import ConfigError
+
+DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder")
+
+
+def _opt(default, help: str, *, choices: Iterable[str] | None = None, low=None, high=None,
+         low_open: bool = False, high_open: bool = False, section: str = "run"):
+    """A config field with its CLI help text and the bounds it is validated against."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "low": low,
+            "high": high, "low_open": low_open, "high_open": high_open, "section": section}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # -- data ------------------------------------------------------------------------------
+    dataset: str = _opt("synthetic", "Dataset reader.", choices=DATASETS, section="data")
+    root: str | None = _opt(None, "Dataset root folder (synthetic: where images are rendered; "
+                                  "default a per-user cache).", section="data")
+    val_fraction: float = _opt(0.1, "Share of each class's train images carved out as the "
+                                     "validation split (stratified, seeded).",
+                               low=0.0, high=1.0, high_open=True, section="data")
+    test_fraction: float = _opt(0.25, "Share of each class held out as test where a dataset "
+                                      "has no test split (one-folder ImageFolder, synthetic).",
+                                low=0.0, high=1.0, low_open=True, high_open=True, section="data")
+    verify_images: str = _opt("full", "Check every image when cataloguing: 'full' decodes it "
+                                      "(catches truncated files), 'header' reads only its header.",
+                              choices=("full", "header"), section="data")
+    synthetic_classes: int = _opt(20, "Synthetic dataset: number of classes.", low=2, high=64,
+                                  section="data")
+    synthetic_per_class: int = _opt(60, "Synthetic dataset: images per class.", low=4,
+                                    section="data")
+    synthetic_image_size: int = _opt(96, "Synthetic dataset: image side in pixels.", low=32,
+                                     high=1024, section="data")
+    synthetic_seed: int = _opt(0, "Synthetic dataset: seed of its pixels (the split seed is --seed).",
+                               low=0, section="data")
+    seed: int = _opt(0, "Seed for the validation split, sampling and initialisation.", low=0,
+                     section="data")
+    # -- run -------------------------------------------------------------------------------
+    run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
+    device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
+                       choices=("auto", "cpu", "cuda"))
+    workers: int = _opt(1, "Ray Train workers (one GPU each with --device cuda).", low=1)
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def field_info(cls, name: str) -> dataclasses.Field:
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``overrides`` applied (``None`` values are ignored), validated."""
+        values = dataclasses.asdict(self)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            values[_known_key(key, "override")] = value
+        return Config(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the resolved config atomically (write to a temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+        """Read a YAML file whose keys are the flags; keys it leaves out keep ``base``'s values."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: not valid YAML") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of flag: value, got {type(data).__name__}")
+        overrides = {_known_key(str(k), str(path)): v for k, v in data.items()}
+        base = base or cls()
+        try:
+            return base.replace(**overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+def resolve_config(config_file: str | None = None,
+                   overrides: Mapping[str, Any] | None = None, use_run_dir: bool = True) -> Config:
+    """defaults < <run_dir>/config.yaml < config_file < overrides (the flags that were given).
+
+    ``use_run_dir=False`` ignores a saved run config (for commands that write no run).
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_file = Config.from_yaml(config_file) if config_file is not None else None
+    run_dir = overrides.get("run_dir") or (from_file or Config()).run_dir
+    cfg = Config()
+    saved = Path(run_dir) / "config.yaml"
+    if use_run_dir and saved.is_file():
+        cfg = Config.from_yaml(saved)
+    if config_file is not None:
+        cfg = Config.from_yaml(config_file, base=cfg)
+    overrides["run_dir"] = run_dir
+    return cfg.replace(**overrides)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def _known_key(key: str, where: str) -> str:
+    name = key.replace("-", "_")
+    keys = Config.keys()
+    if name not in keys:
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown key '{key}' in {where}{hint}")
+    return name
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(the scalar type of a field, whether None is allowed)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), "float": float, "int": int, "str": str,
+                                       "bool": bool})
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return annotation, False
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    typ, optional = _base_type(f.type)
+    meta = f.metadata
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"'{f.name}' must be set")
+    if typ is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            out = value.lower() in ("true", "yes", "1")
+        else:
+            raise ConfigError(f"'{f.name}' must be true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not _is_integral(value):
+            raise ConfigError(f"'{f.name}' must be an integer, got {value!r}")
+        out = int(value)
+    elif typ is float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"'{f.name}' must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(out):
+            raise ConfigError(f"'{f.name}' must be a finite number, got {value!r}")
+    elif typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"'{f.name}' must be a string, got {value!r}")
+        out = str(value)
+    else:  # pragma: no cover - a field type this module does not know is a programming error
+        raise TypeError(f"unsupported config type {typ} for {f.name}")
+
+    choices = meta.get("choices")
+    if choices and out not in choices:
+        raise ConfigError(f"'{f.name}' must be one of {', '.join(choices)}; got {out!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (out <= low if meta.get("low_open") else out < low):
+        raise ConfigError(f"'{f.name}' must be {'>' if meta.get('low_open') else '>='} {low}, got {out}")
+    if high is not None and (out >= high if meta.get("high_open") else out > high):
+        raise ConfigError(f"'{f.name}' must be {'<' if meta.get('high_open') else '<='} {high}, got {out}")
+    return out
+
+
+def _is_integral(value: Any) -> bool:
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, str):
+        try:
+            int(value)
+            return True
+        except ValueError:
+            return False
+    return False

@@ -1,0 +1,144 @@
+"""The catalog: one table of every image of a dataset, whatever its native layout.
+
+Columns (``CATALOG_SCHEMA``): ``image_id, path, label, class_name, split`` with split in
+train | val | test, then optional ground truth where the dataset has it: the object box
+``box_x, box_y, box_w, box_h`` (pixels, top-left origin), ``part_points`` (CUB keypoints as a flat
+``[x, y, visible] * n`` list) and ``part_boxes`` (synthetic: three ``[x, y, w, h]`` boxes, flat).
+The class list and the verification report travel in the Parquet file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ghns.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+CATALOG_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("path", pa.string()),
+    ("label", pa.int64()),
+    ("class_name", pa.string()),
+    ("split", pa.string()),
+    ("box_x", pa.float64()),
+    ("box_y", pa.float64()),
+    ("box_w", pa.float64()),
+    ("box_h", pa.float64()),
+    ("part_points", pa.list_(pa.float64())),
+    ("part_boxes", pa.list_(pa.float64())),
+])
+
+
+@dataclass
+class Catalog:
+    """A dataset's images (``table``), its ordered class names and facts about how it was read."""
+
+    dataset: str
+    table: pd.DataFrame
+    classes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.table[self.table["split"] == name]
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows, in label order) and split (columns), with zero-filled gaps."""
+        counts = (self.table.groupby(["label", "split"]).size().unstack(fill_value=0)
+                  .reindex(index=range(len(self.classes)), columns=list(SPLITS), fill_value=0))
+        counts.insert(0, "class_name", self.classes)
+        return counts
+
+    # -- persistence ----------------------------------------------------------------------
+    def write(self, path: str | Path) -> None:
+        """Write atomically: a reader never sees a half-written catalog."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(_with_all_columns(self.table), schema=CATALOG_SCHEMA,
+                                     preserve_index=False)
+        meta = {b"ghns": json.dumps({"dataset": self.dataset, "classes": self.classes,
+                                     "info": self.info}).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Catalog":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"catalog not found: {path}")
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"ghns"])
+        return cls(meta["dataset"], table.to_pandas(), meta["classes"], meta.get("info", {}))
+
+
+def _with_all_columns(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for name in CATALOG_SCHEMA.names:
+        if name not in df.columns:
+            df[name] = None
+    for name in ("box_x", "box_y", "box_w", "box_h"):
+        df[name] = df[name].astype("float64")
+    return df[CATALOG_SCHEMA.names]
+
+
+def make_catalog(dataset: str, rows: pd.DataFrame, classes: list[str] | None = None,
+                 info: dict[str, Any] | None = None) -> Catalog:
+    """Assign contiguous labels (in ``classes`` order, default sorted names) and check splits.
+
+    ``rows`` needs ``image_id, path, class_name, split``; optional ground-truth columns pass
+    through. Classes without any image are dropped from the class list.
+    """
+    missing = {"image_id", "path", "class_name", "split"} - set(rows.columns)
+    if missing:  # pragma: no cover - a reader bug, not a user error
+        raise ValueError(f"reader returned no {sorted(missing)} column")
+    bad = set(rows["split"]) - set(SPLITS)
+    if bad:
+        raise DataError(f"{dataset}: unknown split name(s) {sorted(bad)}")
+    if rows["image_id"].duplicated().any():
+        dup = rows.loc[rows["image_id"].duplicated(), "image_id"].iloc[0]
+        raise DataError(f"{dataset}: image id {dup} appears more than once")
+    present = set(rows["class_name"])
+    classes = [c for c in (classes if classes is not None else sorted(present)) if c in present]
+    unknown = present - set(classes)
+    if unknown:
+        raise DataError(f"{dataset}: images of classes not in the class list: {sorted(unknown)[:3]}")
+    index = {name: i for i, name in enumerate(classes)}
+    table = rows.copy()
+    table["label"] = table["class_name"].map(index).astype("int64")
+    table["image_id"] = table["image_id"].astype("int64")
+    table = table.sort_values("image_id").reset_index(drop=True)
+    return Catalog(dataset, _with_all_columns(table), classes, dict(info or {}))
+
+
+def stratified_holdout(rows: pd.DataFrame, fraction: float, seed: int,
+                       source: str = "train", target: str = "val") -> pd.DataFrame:
+    """Move ``fraction`` of each class's ``source`` rows to split ``target`` (seeded).
+
+    Per class, ``round(fraction * n)`` rows move, at least one when the class has two or more
+    source rows and ``fraction > 0``, and never the class's last source row. The draw depends
+    only on the seed, the class name and its image ids: not on row order or other classes.
+    """
+    rows = rows.copy()
+    if fraction <= 0:
+        return rows
+    src = rows[rows["split"] == source].sort_values("image_id")
+    moved: list[int] = []
+    for name, group in src.groupby("class_name"):
+        n = len(group)
+        k = min(n - 1, max(1, int(round(fraction * n)))) if n >= 2 else 0
+        if k:
+            rng = np.random.default_rng([seed, zlib.crc32(str(name).encode())])
+            moved.extend(group["image_id"].to_numpy()[rng.permutation(n)[:k]].tolist())
+    rows.loc[rows["image_id"].isin(moved), "split"] = target
+    return rows

@@ -1,0 +1,74 @@
+"""Dataset readers by name, and the one function that turns a config into a catalog."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pandas as pd
+
+from ghns.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ReaderResult(NamedTuple):
+    """What a reader returns: rows (``image_id, path, class_name, split`` + ground truth),
+    the class names in label order (``None``: sorted names), and facts for the catalog."""
+
+    rows: pd.DataFrame
+    classes: list[str] | None
+    info: dict
+
+
+Reader = Callable[[Path, object], ReaderResult]
+READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    def deco(fn: Reader) -> Reader:
+        READERS[name] = fn
+        return fn
+    return deco
+
+
+def get_reader(name: str) -> Reader:
+    if name not in READERS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(READERS))}")
+    return READERS[name]
+
+
+def build_catalog(cfg, progress: bool = True):
+    """Read ``cfg.dataset`` at ``cfg.root``, drop unusable images (counted), carve val."""
+    from ghns.data.catalog import make_catalog, stratified_holdout
+    from ghns.data.images import verify_images
+
+    reader = get_reader(cfg.dataset)
+    if cfg.root is None and cfg.dataset != "synthetic":
+        raise DataError(f"--root is required for dataset {cfg.dataset!r}")
+    root = Path(cfg.root).expanduser() if cfg.root is not None else None
+    if root is not None and cfg.dataset != "synthetic" and not root.is_dir():
+        raise DataError(f"dataset root not found: {root}")
+    rows, classes, info = reader(root, cfg)
+    if rows.empty:
+        raise DataError(f"{cfg.dataset}: no images found under {root}")
+    rows, report = verify_images(rows, level=cfg.verify_images, progress=progress)
+    if report.n_skipped:
+        log.warning("%s: %s", cfg.dataset, report.summary())
+    if report.duplicates_across_splits:
+        log.warning("%s: %d groups of byte-identical images sit in different splits",
+                    cfg.dataset, report.duplicates_across_splits)
+    if rows.empty:
+        raise DataError(f"{cfg.dataset}: every image under {root} was unusable ({report.summary()})")
+    if "val" not in set(rows["split"]):
+        rows = stratified_holdout(rows, cfg.val_fraction, cfg.seed, "train", "val")
+        info["val"] = f"carved from train: {cfg.val_fraction:g} per class, seed {cfg.seed}"
+    else:
+        info["val"] = "the dataset's own validation split"
+    info.update({"checked": report.checked, "skipped": dict(report.skipped),
+                 "skipped_paths": report.skipped_paths[:100],
+                 "duplicate_groups": report.duplicate_groups[:100],
+                 "duplicates_across_splits": report.duplicates_across_splits,
+                 "verify_images": cfg.verify_images})
+    return make_catalog(cfg.dataset, rows, classes, info)

@@ -1,0 +1,89 @@
+"""The run directory: where every stage reads its inputs and writes its outputs.
+
+A stage is done when its outputs exist and ``stages.json`` records it with the fingerprint of
+the configuration it ran under (the config keys it depends on). Running a done stage again is a
+skip; running it under a different fingerprint is an error that names the differing keys, unless
+``force`` (then it runs again and later stages are marked stale).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ghns.errors import StageError
+
+# Stages in pipeline order, with the config sections each one depends on (its own and upstream).
+STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")
+STAGE_SECTIONS = {
+    "catalog": ("data",),
+}
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+
+    # -- well-known paths -------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def catalog(self) -> Path:
+        return self.path / "catalog.parquet"
+
+    @property
+    def stages_file(self) -> Path:
+        return self.path / "stages.json"
+
+    # -- stage bookkeeping ------------------------------------------------------------------
+    def stages(self) -> dict[str, Any]:
+        if not self.stages_file.is_file():
+            return {}
+        return json.loads(self.stages_file.read_text())
+
+    def _write_stages(self, stages: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.stages_file.with_name(self.stages_file.name + ".tmp")
+        tmp.write_text(json.dumps(stages, indent=2, sort_keys=True))
+        tmp.replace(self.stages_file)
+
+    def is_done(self, stage: str, fingerprint: dict[str, Any], force: bool = False) -> bool:
+        """Whether ``stage`` can be skipped; a done stage with another fingerprint is an error."""
+        record = self.stages().get(stage)
+        if record is None or force:
+            return False
+        if record.get("fingerprint") != fingerprint:
+            old = record.get("fingerprint", {})
+            keys = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            changes = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys[:4])
+            raise StageError(f"{self.path} already holds stage '{stage}' run with other settings "
+                             f"({changes}); pass --force to redo it or use another --run-dir")
+        return True
+
+    @contextmanager
+    def stage(self, name: str, fingerprint: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Run a stage: on success record it with its fingerprint and wall time; later stages
+        that were done become stale (removed from the record) since their inputs changed."""
+        start = time.perf_counter()
+        extra: dict[str, Any] = {}
+        yield extra
+        stages = self.stages()
+        for later in STAGES[STAGES.index(name) + 1:]:
+            stages.pop(later, None)
+        stages[name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 3),
+                        **extra}
+        self._write_stages(stages)
+
+
+def fingerprint(cfg, stage: str) -> dict[str, Any]:
+    """The config values ``stage`` depends on."""
+    import dataclasses
+
+    sections = STAGE_SECTIONS[stage]
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("section") in sections}

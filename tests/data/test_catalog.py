@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ghns.data.catalog import Catalog, make_catalog, stratified_holdout
+from ghns.errors import DataError
+
+
+def rows(n_per_class=(10, 7, 1, 2)):
+    out = []
+    image_id = 0
+    for c, n in enumerate(n_per_class):
+        for _ in range(n):
+            image_id += 1
+            out.append({"image_id": image_id, "path": f"/x/{image_id}.jpg", "class_name": f"c{c}",
+                        "split": "train"})
+    return pd.DataFrame(out)
+
+
+def test_holdout_is_stratified_and_keeps_one_train_image():
+    df = stratified_holdout(rows(), 0.3, seed=1)
+    val = df[df["split"] == "val"].groupby("class_name").size().to_dict()
+    assert val == {"c0": 3, "c1": 2, "c3": 1}  # c2 has a single image: it stays in train
+    assert (df[df["split"] == "train"].groupby("class_name").size() >= 1).all()
+
+
+def test_holdout_depends_on_seed_not_on_row_order():
+    df = rows()
+    a = stratified_holdout(df, 0.3, seed=1)
+    b = stratified_holdout(df.sample(frac=1.0, random_state=5), 0.3, seed=1).sort_values("image_id")
+    assert a["split"].tolist() == b["split"].tolist()
+    c = stratified_holdout(df, 0.3, seed=2)
+    assert a["split"].tolist() != c["split"].tolist()
+
+
+def test_holdout_of_one_class_ignores_the_others():
+    a = stratified_holdout(rows((10, 7)), 0.3, seed=1)
+    b = stratified_holdout(rows((10, 7, 1, 2)), 0.3, seed=1)
+    assert a["split"].tolist() == b["split"].tolist()[:17]
+
+
+def test_zero_fraction_moves_nothing():
+    assert (stratified_holdout(rows(), 0.0, seed=0)["split"] == "train").all()
+
+
+def test_make_catalog_labels_follow_class_list_and_drop_empty_classes():
+    cat = make_catalog("x", rows((2, 2)), classes=["c1", "unused", "c0"])
+    assert cat.classes == ["c1", "c0"]
+    assert cat.table.groupby("class_name")["label"].first().to_dict() == {"c1": 0, "c0": 1}
+
+
+def test_make_catalog_rejects_bad_rows():
+    df = rows((2,))
+    with pytest.raises(DataError, match="unknown split"):
+        make_catalog("x", df.assign(split="dev"))
+    with pytest.raises(DataError, match="image id 1 appears more than once"):
+        make_catalog("x", pd.concat([df, df.iloc[:1]]))
+    with pytest.raises(DataError, match="not in the class list"):
+        make_catalog("x", df, classes=["other"])
+
+
+def test_parquet_roundtrip_keeps_everything(tmp_path):
+    df = rows((3, 2))
+    df["box_x"] = np.arange(5, dtype=float)
+    df["part_boxes"] = [[1.0, 2.0, 3.0, 4.0]] * 5
+    cat = make_catalog("demo", df, info={"root": "/data", "skipped": {"empty": 1}})
+    cat.write(tmp_path / "catalog.parquet")
+    back = Catalog.read(tmp_path / "catalog.parquet")
+    assert back.dataset == "demo" and back.classes == cat.classes and back.info == cat.info
+    pd.testing.assert_frame_equal(back.table, cat.table)
+    assert not (tmp_path / "catalog.parquet.tmp").exists()

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from ghns.cli import app
+from ghns.config import Config
+from tests.data.test_cub import make_cub
+
+COMMANDS = ["pipeline", "localize", "train-parts", "generate", "train-final", "evaluate",
+            "predict", "sweep", "show", "data"]
+
+
+def test_help_lists_every_command(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for name in COMMANDS:
+        assert f"  {name} " in out
+
+
+def test_every_config_flag_is_a_config_key():
+    """Flags are generated from Config: each option that is not --config/--force names a key."""
+    keys = set(Config.keys())
+    command = typer.main.get_command(app)
+
+    def walk(cmd):
+        if hasattr(cmd, "commands"):
+            for sub in cmd.commands.values():
+                yield from walk(sub)
+        else:
+            yield cmd
+
+    seen = set()
+    for cmd in walk(command):
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.name not in ("config", "force", "help", "images"):
+                assert p.name in keys, (cmd.name, p.name)
+                assert p.opts[0] == "--" + p.name.replace("_", "-")
+                seen.add(p.name)
+    assert seen == keys  # and every key is reachable from some command
+
+
+def test_data_info_prints_classes_and_counts(cli, tmp_path):
+    make_cub(tmp_path)
+    code, out, err = cli("data", "info", "--dataset", "cub", "--root", tmp_path, "--val-fraction", "0.34")
+    assert code == 0, err
+    assert "3 classes" in out and "002.Laysan_Albatross" in out
+    total = [line for line in out.splitlines() if line.strip().startswith("total")][0]
+    assert total.split()[1:] == ["6", "3", "9"]
+
+
+def test_data_info_reports_skipped_images(cli, tmp_path):
+    cub = make_cub(tmp_path)
+    victim = next((cub / "images").rglob("*.jpg"))
+    victim.write_bytes(b"")
+    code, out, err = cli("data", "info", "--dataset", "cub", "--root", tmp_path)
+    assert code == 0
+    assert "skipped images: 1 (1 empty)" in out
+    assert str(victim) in err  # the skip is logged with its path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data", "info", "--dataset", "imagenet"], "'dataset' must be one of"),
+    (["data", "info", "--dataset", "cub"], "--root is required for dataset 'cub'"),
+    (["data", "info", "--dataset", "cub", "--root", "/no/such/dir"], "dataset root not found: /no/such/dir"),
+    (["data", "info", "--val-fraction", "2"], "'val_fraction' must be < 1.0, got 2.0"),
+    (["data", "info", "--val-fraction", "abc"], "Invalid value for '--val-fraction'"),
+    (["data", "info", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["data", "info", "--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
+    (["nonsense"], "No such command 'nonsense'"),
+])
+def test_user_mistakes_are_one_line_exit_2(cli, args, message):
+    code, out, err = cli(*args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err + out
+
+
+def test_malformed_label_file_exit_2(cli, tmp_path):
+    cub = make_cub(tmp_path)
+    (cub / "classes.txt").write_text("1 001.A\nfoo\n")
+    code, _, err = cli("data", "info", "--dataset", "cub", "--root", cub)
+    assert code == 2 and "classes.txt line 2: expected '<class_id> <name>', got 'foo'" in err
+
+
+def test_pipeline_runs_what_exists_and_skips_done_stages(cli, tmp_path):
+    run = tmp_path / "run"
+    args = ["pipeline", "--run-dir", run, "--synthetic-classes", "3", "--synthetic-per-class", "8",
+            "--synthetic-image-size", "48"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert (run / "catalog.parquet").is_file() and (run / "config.yaml").is_file()
+    assert "not built yet" in out
+    code, out, err = cli(*args)
+    assert code == 0 and "catalog: done already" in err
+    code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5")
+    assert code == 2 and "already holds stage 'catalog' run with other settings (seed: 0 -> 5)" in err
+    code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5", "--force")
+    assert code == 0, err
+    assert Config.from_yaml(run / "config.yaml").seed == 5
+    assert Config.from_yaml(run / "config.yaml").synthetic_classes == 3  # kept from the run
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point: a real process, a real exit code, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "ghns", "data", "info", "--dataset", "cub",
+                           "--root", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: dataset root not found: {tmp_path / 'missing'}"

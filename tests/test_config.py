@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ghns.config import Config, resolve_config
+from ghns.errors import ConfigError
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = Config(dataset="cub", root="/data/cub", val_fraction=0.2, seed=3)
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert Config.from_yaml(tmp_path / "c.yaml") == cfg
+
+
+def test_yaml_keys_take_dashes_or_underscores(tmp_path):
+    (tmp_path / "c.yaml").write_text("val-fraction: 0.3\nsynthetic_classes: 5\n")
+    cfg = Config.from_yaml(tmp_path / "c.yaml")
+    assert cfg.val_fraction == 0.3 and cfg.synthetic_classes == 5
+
+
+def test_flags_override_file_override_saved_run(tmp_path):
+    run = tmp_path / "run"
+    Config(run_dir=str(run), seed=1, val_fraction=0.3, dataset="cub", root="/r").to_yaml(run / "config.yaml")
+    (tmp_path / "c.yaml").write_text(f"run_dir: {run}\nseed: 2\n")
+    cfg = resolve_config(str(tmp_path / "c.yaml"), {"val_fraction": 0.4, "root": None})
+    assert (cfg.seed, cfg.val_fraction, cfg.dataset, cfg.root) == (2, 0.4, "cub", "/r")
+    assert resolve_config(None, {"run_dir": str(run)}, use_run_dir=False).dataset == "synthetic"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("val_fraction", 1.0, "'val_fraction' must be < 1.0, got 1.0"),
+    ("val_fraction", "lots", "'val_fraction' must be a number, got 'lots'"),
+    ("test_fraction", 0, "'test_fraction' must be > 0.0, got 0.0"),
+    ("synthetic_classes", 2.5, "'synthetic_classes' must be an integer, got 2.5"),
+    ("synthetic_classes", 65, "'synthetic_classes' must be <= 64, got 65"),
+    ("dataset", "imagenet", "'dataset' must be one of synthetic, cub"),
+    ("device", "tpu", "'device' must be one of auto, cpu, cuda"),
+    ("seed", -1, "'seed' must be >= 0, got -1"),
+    ("seed", True, "'seed' must be an integer, got True"),
+    ("val_fraction", float("nan"), "'val_fraction' must be a finite number"),
+])
+def test_bad_values_are_one_line_errors(key, value, message):
+    with pytest.raises(ConfigError) as exc:
+        Config().replace(**{key: value})
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    (tmp_path / "c.yaml").write_text("val_fracton: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown key 'val_fracton' .*did you mean 'val_fraction'"):
+        Config.from_yaml(tmp_path / "c.yaml")
+
+
+def test_bad_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        Config.from_yaml(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml line .*not valid YAML"):
+        Config.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        Config.from_yaml(tmp_path / "list.yaml")
+    (tmp_path / "v.yaml").write_text("seed: -4\n")
+    with pytest.raises(ConfigError, match="v.yaml: 'seed' must be >= 0"):
+        Config.from_yaml(tmp_path / "v.yaml")
+
+
+def test_every_field_has_help_and_a_section():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["help"] and f.metadata["section"], f.name
