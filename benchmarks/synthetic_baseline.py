@@ -4,7 +4,7 @@ Trains ``tiny_cnn`` + global average pooling + a linear classifier on the synthe
 (plain torch, CPU), picks the epoch with the best validation accuracy and reports test top-1
 there. Last line: one JSON object.
 
-    python benchmarks/synthetic_baseline.py [--epochs 40] [--classes 20] [--per-class 60]
+    python benchmarks/synthetic_baseline.py [--epochs 40] [--classes 20] [--per-class 120]
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from ghns.models.backbones import create_backbone
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--classes", type=int, default=20)
-    ap.add_argument("--per-class", type=int, default=60)
-    ap.add_argument("--image-size", type=int, default=96)
+    defaults = Config()
+    ap.add_argument("--classes", type=int, default=defaults.synthetic_classes)
+    ap.add_argument("--per-class", type=int, default=defaults.synthetic_per_class)
+    ap.add_argument("--image-size", type=int, default=defaults.synthetic_image_size)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default=None, help="where the synthetic images are rendered")
     args = ap.parse_args()
@@ -40,7 +41,7 @@ def main() -> None:
     data = {}
     for split in ("train", "val", "test"):
         rows = catalog.split(split)
-        images, _ = load_resized(rows["path"].tolist(), args.image_size)
+        images = load_resized(rows["path"].tolist(), args.image_size).images
         data[split] = (images, torch.tensor(rows["label"].to_numpy()))
 
     backbone = create_backbone("tiny_cnn", "none")

@@ -122,24 +122,9 @@ def print_catalog_summary(catalog) -> None:
 
 # -- pipeline and stages ---------------------------------------------------------------------
 
-def run_catalog(cfg: Config, force: bool = False):
-    """Stage 0: the dataset's catalog in the run directory (skipped when already there)."""
-    from ghns.data import Catalog, build_catalog
-    from ghns.rundir import RunDir, fingerprint
-
-    run = RunDir(cfg.run_dir)
-    fp = fingerprint(cfg, "catalog")
-    if run.catalog.is_file() and run.is_done("catalog", fp, force):
-        log.info("catalog: done already (%s)", run.catalog)
-        return Catalog.read(run.catalog)
-    with run.stage("catalog", fp):
-        catalog = build_catalog(cfg)
-        catalog.write(run.catalog)
-    return catalog
-
+FORCE = typer.Option(False, "--force", help="Redo this stage even if it is done.")
 
 NOT_BUILT = {
-    "localize": "weakly supervised localization (issue 3)",
     "train-parts": "stage 1, part networks and FilterNet (issue 4)",
     "generate": "stage 2, the hard-negative generator (issue 5)",
     "train-final": "stage 3, the final classifiers (issue 6)",
@@ -150,20 +135,55 @@ NOT_BUILT = {
 
 
 @app.command()
-@with_config("data", "run")
+@with_config("data", "localize", "run")
 def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
-                                                       help="Redo stages that are done.")) -> None:
+                                                       help="Redo every stage.")) -> None:
     """Run every stage in one run directory, skipping those already done."""
+    from ghns.pipeline import STAGE_FUNCS, run_until
+
+    last = list(STAGE_FUNCS)[-1]
+    if force:
+        for name in STAGE_FUNCS:
+            run_until(cfg, name, force=True)
+    else:
+        run_until(cfg, last)
+    from ghns.data import Catalog
     from ghns.rundir import RunDir
 
-    run = RunDir(cfg.run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    catalog = run_catalog(cfg, force=force)
-    cfg.to_yaml(run.config)
-    print_catalog_summary(catalog)
-    missing = [NOT_BUILT[s] for s in ("localize", "train-parts", "generate", "train-final",
-                                      "evaluate")]
+    print_catalog_summary(Catalog.read(RunDir(cfg.run_dir).catalog))
+    print_localization(RunDir(cfg.run_dir))
+    missing = [NOT_BUILT[s] for s in ("train-parts", "generate", "train-final", "evaluate")]
     typer.echo("not built yet, so not run: " + "; ".join(missing))
+
+
+@app.command()
+@with_config("data", "localize", "run")
+def localize(cfg: Config, force: bool = FORCE) -> None:
+    """Object boxes and three part boxes per image, learned from class labels alone."""
+    from ghns.pipeline import run_until
+    from ghns.rundir import RunDir
+
+    run_until(cfg, "localize", force=force)
+    print_localization(RunDir(cfg.run_dir))
+
+
+def print_localization(run) -> None:
+    import json
+
+    if not run.localization_json.is_file():
+        return
+    figures = json.loads(run.localization_json.read_text())
+    typer.echo(f"localization: objects by {figures['object_method']}, parts {figures['part_method']}, "
+               f"backbone {figures['backbone']} at {figures['image_size']} px")
+    for key in ("object_iou50", "object_iou50_cam", "object_iou50_parts"):
+        if key in figures:
+            typer.echo(f"  {key:<20} " + "  ".join(f"{s} {v}" for s, v in figures[key].items()))
+    if "part_center_hit" in figures:
+        typer.echo(f"  part assignment (fitted on train): {figures['part_assignment']}")
+        for split, hits in figures["part_center_hit"].items():
+            typer.echo(f"  part_center_hit {split:<5} " + "  ".join(f"{k} {v}" for k, v in hits.items()))
+    if figures.get("degenerate_maps"):
+        typer.echo(f"  empty or flat maps (whole-image boxes): {figures['degenerate_maps']}")
 
 
 def _not_built(name: str) -> Callable:
@@ -174,7 +194,7 @@ def _not_built(name: str) -> Callable:
     return command
 
 
-for _name in ("localize", "train-parts", "generate", "train-final", "evaluate", "sweep"):
+for _name in ("train-parts", "generate", "train-final", "evaluate", "sweep"):
     app.command(_name)(with_config("run")(_not_built(_name)))
 
 
@@ -187,9 +207,15 @@ def predict(images: list[str] = typer.Argument(..., help="Image files."),
 
 @show_app.command("parts")
 @with_config("run")
-def show_parts(cfg: Config) -> None:
-    """A PNG grid of images with object and part boxes and the three crops."""
-    raise typer.Exit(_stop("'show parts' is not built yet: it needs localization (issue 3)", code=1))
+def show_parts(cfg: Config, rows: int = typer.Option(12, "--rows", help="Images in the grid."),
+               out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: "
+                                                 "<run-dir>/figures/parts.png).")) -> None:
+    """A PNG grid: images with object and part boxes, and the three part crops beside."""
+    from ghns.figures import parts_grid
+    from ghns.rundir import RunDir
+
+    path = parts_grid(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)
+    typer.echo(f"wrote {path}")
 
 
 @show_app.command("negatives")

@@ -23,6 +23,7 @@ import yaml
 from ghns.errors import ConfigError
 
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder")
+BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lite0")  # the registry's
 
 
 def _opt(default, help: str, *, choices: Iterable[str] | None = None, low=None, high=None,
@@ -50,7 +51,7 @@ class Config:
                               choices=("full", "header"), section="data")
     synthetic_classes: int = _opt(20, "Synthetic dataset: number of classes.", low=2, high=64,
                                   section="data")
-    synthetic_per_class: int = _opt(60, "Synthetic dataset: images per class.", low=4,
+    synthetic_per_class: int = _opt(120, "Synthetic dataset: images per class.", low=4,
                                     section="data")
     synthetic_image_size: int = _opt(96, "Synthetic dataset: image side in pixels.", low=32,
                                      high=1024, section="data")
@@ -58,16 +59,62 @@ class Config:
                                low=0, section="data")
     seed: int = _opt(0, "Seed for the validation split, sampling and initialisation.", low=0,
                      section="data")
+    # -- localization ----------------------------------------------------------------------
+    backbone: str = _opt("auto", "Backbone of every network: tiny_cnn, resnet18, resnet50, vgg16, "
+                                 "efficientnet_lite0; 'auto' takes tiny_cnn on the synthetic "
+                                 "dataset and efficientnet_lite0 elsewhere.", section="localize",
+                       choices=("auto",) + BACKBONE_NAMES)
+    pretrained: str = _opt("auto", "Backbone weights: 'imagenet', 'none' or a state-dict file; "
+                                   "'auto' is imagenet where the backbone has it.", section="localize")
+    localize_image_size: int = _opt(0, "Side of the images the localizer sees; 0 = the synthetic "
+                                       "image size, or 224.", low=0, high=2048, section="localize")
+    localize_epochs: int = _opt(40, "Epochs of the localizer (CAM and part heads).", low=1,
+                                section="localize")
+    localize_lr: float = _opt(2e-3, "Peak learning rate of the localizer (AdamW, one-cycle).",
+                              low=0.0, low_open=True, section="localize")
+    localize_trainable_blocks: int = _opt(-1, "Backbone blocks the localizer trains (the rest is "
+                                              "frozen and cached); -1 = all when the backbone "
+                                              "starts from scratch, 0 when it is pretrained.",
+                                          low=-1, section="localize")
+    object_method: str = _opt("parts", "Object boxes: 'parts' (the localizer's foreground: one "
+                                       "minus the background assignment), 'cam' (class activation "
+                                       "map, largest region) or 'oracle' (the dataset's boxes).",
+                              choices=("parts", "cam", "oracle"), section="localize")
+    part_method: str = _opt("learned", "Part boxes: 'learned' (part prototypes) or 'oracle' "
+                                       "(synthetic part boxes, CUB part_locs).",
+                            choices=("learned", "oracle"), section="localize")
+    cam_threshold: float = _opt(0.2, "CAM threshold, as a fraction of the map's maximum.",
+                                low=0.0, high=1.0, low_open=True, high_open=True, section="localize")
+    foreground_threshold: float = _opt(0.3, "Foreground threshold of the 'parts' object method.",
+                                       low=0.0, high=1.0, low_open=True, high_open=True,
+                                       section="localize")
+    part_box_scale: float = _opt(0.4, "Side of a part box as a fraction of the object box's "
+                                      "longer side.", low=0.0, high=1.0, low_open=True,
+                                 section="localize")
+    part_compactness: float = _opt(1.0, "Weight of the part compactness loss.", low=0.0,
+                                   section="localize")
+    part_presence: float = _opt(1.0, "Weight of the part presence loss.", low=0.0,
+                                section="localize")
+    part_separation: float = _opt(5.0, "Weight of the part separation loss (part centres at "
+                                       "least 0.2 of the image apart).", low=0.0, section="localize")
     # -- run -------------------------------------------------------------------------------
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
                        choices=("auto", "cpu", "cuda"))
     workers: int = _opt(1, "Ray Train workers (one GPU each with --device cuda).", low=1)
+    actors: int = _opt(1, "Ray Data actors for batch inference and candidate scoring.", low=1)
+    batch_size: int = _opt(64, "Images per training batch (per worker).", low=2)
+    max_failures: int = _opt(1, "Restarts of a Ray Train run after a worker failure.", low=0)
+    ray_address: str | None = _opt(None, "Ray cluster to join (default: $RAY_ADDRESS, else a "
+                                         "local instance).")
+    object_store_mb: int = _opt(512, "Object store of a local Ray instance, MiB.", low=64)
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        if self.root is not None:  # absolute, so workers and later commands elsewhere agree
+            self.root = str(Path(self.root).expanduser().resolve())
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -88,6 +135,17 @@ class Config:
                 continue
             values[_known_key(key, "override")] = value
         return Config(**values)
+
+    # -- 'auto' values, resolved in one place ------------------------------------------------
+    def resolved_backbone(self) -> str:
+        if self.backbone != "auto":
+            return self.backbone
+        return "tiny_cnn" if self.dataset == "synthetic" else "efficientnet_lite0"
+
+    def resolved_localize_size(self) -> int:
+        if self.localize_image_size:
+            return self.localize_image_size
+        return self.synthetic_image_size if self.dataset == "synthetic" else 224
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from ghns.errors import StageError
 STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")
 STAGE_SECTIONS = {
     "catalog": ("data",),
+    "localize": ("data", "localize"),
 }
 
 
@@ -35,6 +36,18 @@ class RunDir:
     @property
     def catalog(self) -> Path:
         return self.path / "catalog.parquet"
+
+    @property
+    def localization(self) -> Path:
+        return self.path / "localization.parquet"
+
+    @property
+    def localization_json(self) -> Path:
+        return self.path / "localization.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
 
     @property
     def stages_file(self) -> Path:

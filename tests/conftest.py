@@ -62,3 +62,22 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for the whole test session (never one per test)."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    import ray
+
+    import ghns.raykit  # noqa: F401 - sets RAY_USAGE_STATS_ENABLED / RAY_AUTH_MODE defaults
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY_SYNTHETIC = ["--synthetic-classes", "4", "--synthetic-per-class", "12",
+                  "--synthetic-image-size", "48", "--localize-epochs", "2", "--batch-size", "16"]

@@ -9,6 +9,7 @@ import typer
 
 from ghns.cli import app
 from ghns.config import Config
+from tests.conftest import TINY_SYNTHETIC
 from tests.data.test_cub import make_cub
 
 COMMANDS = ["pipeline", "localize", "train-parts", "generate", "train-final", "evaluate",
@@ -20,6 +21,9 @@ def test_help_lists_every_command(cli):
     assert code == 0
     for name in COMMANDS:
         assert f"  {name} " in out
+
+
+NON_CONFIG = {"config", "force", "help", "rows", "out"}  # command switches, not run settings
 
 
 def test_every_config_flag_is_a_config_key():
@@ -37,7 +41,7 @@ def test_every_config_flag_is_a_config_key():
     seen = set()
     for cmd in walk(command):
         for p in cmd.params:
-            if p.param_type_name == "option" and p.name not in ("config", "force", "help", "images"):
+            if p.param_type_name == "option" and p.name not in NON_CONFIG:
                 assert p.name in keys, (cmd.name, p.name)
                 assert p.opts[0] == "--" + p.name.replace("_", "-")
                 seen.add(p.name)
@@ -88,22 +92,25 @@ def test_malformed_label_file_exit_2(cli, tmp_path):
     assert code == 2 and "classes.txt line 2: expected '<class_id> <name>', got 'foo'" in err
 
 
-def test_pipeline_runs_what_exists_and_skips_done_stages(cli, tmp_path):
+@pytest.mark.slow
+def test_pipeline_runs_what_exists_and_skips_done_stages(cli, ray_session, tmp_path):
     run = tmp_path / "run"
-    args = ["pipeline", "--run-dir", run, "--synthetic-classes", "3", "--synthetic-per-class", "8",
-            "--synthetic-image-size", "48"]
+    args = ["pipeline", "--run-dir", run, *TINY_SYNTHETIC]
     code, out, err = cli(*args)
     assert code == 0, err
     assert (run / "catalog.parquet").is_file() and (run / "config.yaml").is_file()
+    assert (run / "localization.parquet").is_file()
     assert "not built yet" in out
     code, out, err = cli(*args)
-    assert code == 0 and "catalog: done already" in err
+    assert code == 0 and "catalog: done already" in err and "localize: done already" in err
     code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5")
     assert code == 2 and "already holds stage 'catalog' run with other settings (seed: 0 -> 5)" in err
+    code, out, err = cli("localize", "--run-dir", run, "--cam-threshold", "0.5")
+    assert code == 2 and "stage 'localize' run with other settings (cam_threshold: 0.2 -> 0.5)" in err
     code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5", "--force")
     assert code == 0, err
-    assert Config.from_yaml(run / "config.yaml").seed == 5
-    assert Config.from_yaml(run / "config.yaml").synthetic_classes == 3  # kept from the run
+    saved = Config.from_yaml(run / "config.yaml")
+    assert saved.seed == 5 and saved.synthetic_classes == 4  # the rest kept from the run
 
 
 def test_console_script_exit_code(tmp_path):

@@ -47,7 +47,8 @@ def build_catalog(cfg, progress: bool = True):
     reader = get_reader(cfg.dataset)
     if cfg.root is None and cfg.dataset != "synthetic":
         raise DataError(f"--root is required for dataset {cfg.dataset!r}")
-    root = Path(cfg.root).expanduser() if cfg.root is not None else None
+    # absolute paths: the catalog is read by Ray workers whose working directory differs
+    root = Path(cfg.root).expanduser().resolve() if cfg.root is not None else None
     if root is not None and cfg.dataset != "synthetic" and not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
     rows, classes, info = reader(root, cfg)

@@ -36,7 +36,7 @@ from ghns.data.registry import ReaderResult, register_reader
 VERSION = 1
 PART_NAMES = ("head", "body", "tail")
 HEADS = ("plain", "crested", "longbill", "masked")
-BODIES = ("solid", "striped", "spotted", "banded")
+BODIES = ("twotone", "striped", "spotted", "banded")
 TAILS = ("fan", "fork", "pointed", "square")
 VARIANTS = (HEADS, BODIES, TAILS)
 # Held-out test images are drawn with a fixed seed: the test set belongs to the dataset.
@@ -110,33 +110,35 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 36) -> np.ndar
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
 
 
-BODY = _ellipse(0.0, 0.0, 0.27, 0.17)
-HEAD = _ellipse(0.37, 0.10, 0.12, 0.12)
-EYE = _ellipse(0.41, 0.13, 0.022, 0.022, n=12)
-SHORT_BEAK = np.array([[0.47, 0.14], [0.47, 0.06], [0.56, 0.10]])
-LONG_BEAK = np.array([[0.47, 0.14], [0.47, 0.07], [0.72, 0.10]])
-CREST = np.array([[0.30, 0.19], [0.40, 0.21], [0.29, 0.35]])
-MASK = np.array([[0.25, 0.08], [0.49, 0.08], [0.49, 0.155], [0.25, 0.155]])
+BODY = _ellipse(0.0, 0.0, 0.25, 0.2)
+HEAD = _ellipse(0.33, 0.15, 0.14, 0.14)
+EYE = _ellipse(0.38, 0.18, 0.025, 0.025, n=12)
+SHORT_BEAK = np.array([[0.44, 0.2], [0.44, 0.1], [0.55, 0.15]])
+LONG_BEAK = np.array([[0.44, 0.2], [0.44, 0.11], [0.72, 0.15]])
+CREST = np.array([[0.24, 0.24], [0.37, 0.28], [0.22, 0.44]])
+MASK = np.array([[0.19, 0.13], [0.47, 0.13], [0.47, 0.22], [0.19, 0.22]])
 TAIL_SHAPES = {
-    "fan": np.array([[-0.22, 0.0], [-0.52, 0.17], [-0.52, -0.17]]),
-    "fork": np.array([[-0.22, 0.04], [-0.54, 0.17], [-0.43, 0.0], [-0.54, -0.17], [-0.22, -0.04]]),
-    "pointed": np.array([[-0.22, 0.06], [-0.62, 0.0], [-0.22, -0.06]]),
-    "square": np.array([[-0.22, 0.09], [-0.50, 0.09], [-0.50, -0.09], [-0.22, -0.09]]),
+    "fan": np.array([[-0.2, 0.0], [-0.48, 0.2], [-0.48, -0.2]]),
+    "fork": np.array([[-0.2, 0.05], [-0.5, 0.2], [-0.38, 0.0], [-0.5, -0.2], [-0.2, -0.05]]),
+    "pointed": np.array([[-0.2, 0.07], [-0.56, 0.0], [-0.2, -0.07]]),
+    "square": np.array([[-0.2, 0.11], [-0.46, 0.11], [-0.46, -0.11], [-0.2, -0.11]]),
 }
-HEAD_COLOURS = {"plain": (196, 64, 52), "crested": (204, 112, 48), "longbill": (170, 78, 120),
-                "masked": (186, 92, 70)}
+HEAD_COLOURS = {"plain": (205, 55, 50), "crested": (230, 150, 35), "longbill": (150, 65, 175),
+                "masked": (60, 140, 205)}
 
 
 def _body_pattern(kind: str) -> list[np.ndarray]:
     if kind == "striped":
-        return [np.array([[x, -0.2], [x + 0.05, -0.2], [x + 0.05, 0.2], [x, 0.2]])
-                for x in (-0.19, -0.07, 0.05, 0.17)]
+        return [np.array([[x, -0.25], [x + 0.07, -0.25], [x + 0.07, 0.25], [x, 0.25]])
+                for x in (-0.19, -0.05, 0.09)]
     if kind == "spotted":
-        return [_ellipse(x, y, 0.035, 0.035, n=12)
-                for x, y in ((-0.14, 0.05), (-0.02, -0.07), (0.09, 0.06), (0.15, -0.06),
-                             (-0.1, -0.08), (0.02, 0.09))]
+        return [_ellipse(x, y, 0.045, 0.045, n=12)
+                for x, y in ((-0.13, 0.06), (-0.02, -0.09), (0.1, 0.07), (0.13, -0.07),
+                             (-0.1, -0.09), (0.0, 0.1))]
     if kind == "banded":
-        return [np.array([[-0.08, -0.2], [0.02, -0.2], [0.12, 0.2], [0.02, 0.2]])]
+        return [np.array([[-0.1, -0.25], [0.04, -0.25], [0.14, 0.25], [0.0, 0.25]])]
+    if kind == "twotone":  # a lighter belly: the lower half of the body
+        return [np.array([[-0.3, -0.25], [0.3, -0.25], [0.3, -0.02], [-0.3, -0.02]])]
     return []
 
 
@@ -151,7 +153,8 @@ def _object_parts(attrs: tuple[int, int, int]) -> dict[str, list[tuple[np.ndarra
     head_polys += [(LONG_BEAK if head == "longbill" else SHORT_BEAK, "beak"), (EYE, "eye")]
     return {
         "head": head_polys,
-        "body": [(BODY, "body")] + [(p, "pattern") for p in _body_pattern(body)],
+        "body": [(BODY, "body")] + [(p, "belly" if body == "twotone" else "pattern")
+                                    for p in _body_pattern(body)],
         "tail": [(TAIL_SHAPES[tail], "tail")],
     }
 
@@ -184,9 +187,9 @@ def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generato
     bg = (top * (1 - ramp) + bottom * ramp) * np.ones((1, s, 1))
     canvas = Image.fromarray(bg.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(4, 10))):  # clutter, some of it part-sized
+    for _ in range(int(rng.integers(3, 8))):  # clutter, smaller than the parts
         colour = tuple(int(c) for c in rng.uniform(30, 230, 3))
-        x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.02, 0.09) * s
+        x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.015, 0.06) * s
         kind = rng.integers(3)
         if kind == 0:
             draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
@@ -220,14 +223,15 @@ def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generato
     body = tuple(int(c) for c in rng.uniform(70, 220, 3))
     head = _jitter(rng, HEAD_COLOURS[HEADS[attrs[0]]], 10)
     colours = {"head": head, "body": body, "tail": tuple(int(c * 0.7) for c in body),
-               "pattern": tuple(int(c * 0.35) for c in body), "dark": (30, 25, 25),
+               "pattern": tuple(int(c * 0.35) for c in body),
+               "belly": tuple(int(min(255, 60 + c * 0.9)) for c in body), "dark": (30, 25, 25),
                "beak": _jitter(rng, (225, 190, 60), 12), "eye": (15, 15, 15)}
     body_mask = Image.new("L", (s, s), 0)
     ImageDraw.Draw(body_mask).polygon([tuple(p) for p in placed["body"][0][0] + centre], fill=255)
     for name in ("tail", "body", "head"):  # back to front
         for poly, role in placed[name]:
             pts = [tuple(p) for p in poly + centre]
-            if role == "pattern":  # patterns stay inside the body outline
+            if role in ("pattern", "belly"):  # patterns stay inside the body outline
                 layer = Image.new("L", (s, s), 0)
                 ImageDraw.Draw(layer).polygon(pts, fill=255)
                 canvas.paste(colours[role], mask=Image.fromarray(

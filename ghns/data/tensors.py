@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -31,26 +31,48 @@ def crop_resize(img: Image.Image, size: int, box: Box | None = None) -> np.ndarr
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+class Loaded(NamedTuple):
+    images: torch.Tensor      # (N, 3, size, size) uint8
+    failed: list[int]         # indices that could not be decoded (left as zeros)
+    sizes: list[tuple[int, int]]  # original (width, height) of each image; (0, 0) when failed
+
+
 def load_resized(paths: Sequence[str], size: int, boxes: Sequence[Box | None] | None = None,
-                 progress: bool = False, desc: str = "loading images") -> tuple[torch.Tensor, list[int]]:
+                 progress: bool = False, desc: str = "loading images") -> Loaded:
     """Decode ``paths`` (each cropped to its box when given) into a (N, 3, size, size) uint8
     tensor. Images that fail to decode become zeros and their indices are returned."""
     from tqdm.auto import tqdm
 
     boxes = boxes if boxes is not None else [None] * len(paths)
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    sizes = [(0, 0)] * len(paths)
     failed: list[int] = []
 
     def one(i: int) -> None:
         try:
-            out[i] = crop_resize(load_rgb(paths[i]), size, boxes[i])
+            img = load_rgb(paths[i])
+            sizes[i] = img.size
+            out[i] = crop_resize(img, size, boxes[i])
         except BadImage:
             failed.append(i)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=desc, unit="img",
                   disable=not progress, leave=False))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), sorted(failed)
+    return Loaded(torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), sorted(failed), sizes)
+
+
+def load_images(rows, size: int, boxes: Sequence[Box | None] | None = None) -> torch.Tensor:
+    """``load_resized`` for training: images that cannot be read are an error, not zeros (the
+    catalog checked every image, so a failure here means files moved or changed)."""
+    from ghns.errors import StageError
+
+    loaded = load_resized(rows["path"].tolist(), size, boxes)
+    if loaded.failed:
+        first = rows["path"].iloc[loaded.failed[0]]
+        raise StageError(f"{len(loaded.failed)} catalogued images can no longer be read "
+                         f"(first: {first}); rebuild the catalog with --force")
+    return loaded.images
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +82,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None,
             flip: bool = True, max_shift: float = 0.1) -> torch.Tensor:
-    """Random horizontal flips and translations (zero padded) on a float batch."""
+    """Random horizontal flips and translations (reflection padded) on a float batch."""
     n, _, h, w = images.shape
     out = images.clone()
     if flip:
@@ -74,5 +96,5 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None,
         theta[:, 0, 2] = -2 * dx / w
         theta[:, 1, 2] = -2 * dy / h
         grid = torch.nn.functional.affine_grid(theta, list(out.shape), align_corners=False)
-        out = torch.nn.functional.grid_sample(out, grid, padding_mode="zeros", align_corners=False)
+        out = torch.nn.functional.grid_sample(out, grid, padding_mode="reflection", align_corners=False)
     return out

@@ -1,0 +1,77 @@
+"""Pictures of a run, drawn with PIL: part boxes now; hard-negative mosaics later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from ghns.data.catalog import Catalog
+from ghns.data.images import BadImage, load_rgb
+from ghns.errors import StageError
+from ghns.rundir import RunDir
+
+PART_COLOURS = ((230, 40, 40), (40, 200, 60), (50, 110, 240))
+OBJECT_COLOUR = (255, 255, 255)
+
+
+def _box(row: pd.Series, prefix: str) -> tuple[float, float, float, float]:
+    return tuple(float(row[f"{prefix}_{c}"]) for c in ("x", "y", "w", "h"))
+
+
+def _crop(img: Image.Image, box, side: int) -> Image.Image:
+    x, y, w, h = box
+    if not np.isfinite([x, y, w, h]).all() or w < 1 or h < 1:
+        return Image.new("RGB", (side, side), (40, 40, 40))
+    return img.crop((x, y, x + w, y + h)).resize((side, side), Image.BILINEAR)
+
+
+def parts_grid(run: RunDir, rows: int = 12, out: str | None = None, seed: int = 0,
+               height: int = 160) -> Path:
+    """One row per image (test split first): the image with its object box (white) and three part
+    boxes (red, green, blue = part 1, 2, 3), then the three part crops. Returns the PNG path."""
+    if not run.localization.is_file():
+        raise StageError(f"{run.localization} is missing: run 'ghns localize' first")
+    catalog = Catalog.read(run.catalog)
+    loc = pd.read_parquet(run.localization).merge(catalog.table[["image_id", "path", "class_name"]],
+                                                  on="image_id")
+    names = {}
+    if run.localization_json.is_file():
+        assignment = json.loads(run.localization_json.read_text()).get("part_assignment", {})
+        names = {v: k for k, v in assignment.items()}
+    pool = loc[loc["split"] == "test"]
+    pool = pool if len(pool) >= rows else loc
+    pick = pool.sample(n=min(rows, len(pool)), random_state=seed).sort_values("image_id")
+    side = height
+    canvas = Image.new("RGB", (side + 3 * side + 40, (side + 18) * len(pick) + 22), (20, 20, 20))
+    draw = ImageDraw.Draw(canvas)
+    header = "   ".join(f"part{k + 1}" + (f" ({names[f'part{k + 1}']})" if f"part{k + 1}" in names else "")
+                       for k in range(3))
+    draw.text((6, 4), f"object box (white), parts: {header}", fill=(230, 230, 230))
+    for r, (_, row) in enumerate(pick.iterrows()):
+        top = 22 + r * (side + 18)
+        try:
+            img = load_rgb(row["path"])
+        except BadImage:
+            continue
+        scale = min(side / img.width, side / img.height)
+        shown = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+        d = ImageDraw.Draw(shown)
+        for prefix, colour in [("obj", OBJECT_COLOUR)] + [(f"part{k + 1}", PART_COLOURS[k]) for k in range(3)]:
+            x, y, w, h = (v * scale for v in _box(row, prefix))
+            if np.isfinite([x, y, w, h]).all():
+                d.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+        canvas.paste(shown, (0, top))
+        for k in range(3):
+            crop = _crop(img, _box(row, f"part{k + 1}"), side)
+            left = side + 10 + k * (side + 10)
+            canvas.paste(crop, (left, top))
+            draw.rectangle([left, top, left + side - 1, top + side - 1], outline=PART_COLOURS[k], width=2)
+        draw.text((2, top + side + 2), f"{row['class_name']} ({row['split']})", fill=(200, 200, 200))
+    path = Path(out) if out else run.figures / "parts.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

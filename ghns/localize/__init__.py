@@ -1,0 +1,1 @@
+"""Weakly supervised localization: object boxes and three part boxes per image."""

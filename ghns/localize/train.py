@@ -1,0 +1,156 @@
+"""Training the localizer (``PartLocalizer``) from class labels alone: a Ray Train loop.
+
+Loss: cross-entropy of the CAM head + cross-entropy of the part head
++ ``part_compactness`` * compactness + ``part_presence`` * presence. When the first backbone
+blocks are frozen (a pretrained backbone), their output is computed once and cached, and
+augmentation (horizontal flips) is applied to the cached maps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from ghns.data.catalog import Catalog
+from ghns.data.tensors import augment, load_images, to_float
+from ghns.losses import part_compactness, part_presence, part_separation
+from ghns.models.backbones import create_backbone
+from ghns.models.localizer import PartLocalizer
+from ghns.train.runner import WorkerContext
+
+
+def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> PartLocalizer:
+    """The localizer described by ``settings`` (keys: backbone, pretrained, num_classes,
+    frozen_blocks)."""
+    backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
+    model = PartLocalizer(backbone, settings["num_classes"], n_parts=3,
+                          frozen_blocks=settings["frozen_blocks"])
+    for p in model.backbone.blocks[: settings["frozen_blocks"]].parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def frozen_blocks_for(backbone_name: str, pretrained: str, trainable_blocks: int) -> int:
+    """How many leading blocks to freeze: ``trainable_blocks=-1`` trains all blocks of a backbone
+    that starts from scratch and none of a pretrained one."""
+    from ghns.models.backbones import BACKBONES
+
+    spec = BACKBONES[backbone_name]
+    weights = spec.default_pretrained if pretrained == "auto" else pretrained
+    n_blocks = len(spec.build("none").blocks)
+    if trainable_blocks < 0:
+        trainable_blocks = n_blocks if weights == "none" else 0
+    return max(0, n_blocks - trainable_blocks)
+
+
+@torch.no_grad()
+def _trunk_outputs(model: PartLocalizer, images: torch.Tensor, device: torch.device,
+                   batch: int = 64) -> torch.Tensor:
+    model.eval()
+    outs = [model.trunk(to_float(images[i:i + batch]).to(device)).half().cpu()
+            for i in range(0, len(images), batch)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def localizer_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: trains on this worker's shard of the train split."""
+    ctx = WorkerContext(config)
+    torch.manual_seed(config["seed"] + ctx.rank)
+    catalog = Catalog.read(config["catalog"])
+    size = config["image_size"]
+
+    def load(split: str):
+        rows = catalog.split(split)
+        rows = rows.iloc[ctx.shard(len(rows))]
+        return load_images(rows, size), torch.tensor(rows["label"].to_numpy())
+
+    train_x, train_y = load("train")
+    val_x, val_y = load("val")
+    model = build_localizer(config)
+    cached = model.frozen_blocks > 0
+    if cached:  # run the frozen trunk once; training sees only its (cached) output
+        model.to(ctx.device)
+        train_x = _trunk_outputs(model, train_x, ctx.device)
+        val_x = _trunk_outputs(model, val_x, ctx.device)
+    net = ctx.wrap(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=1e-4)
+    batch, epochs = config["batch_size"], config["epochs"]
+    steps = epochs * max(1, math.ceil(len(train_y) / batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=steps)
+    start = 0
+    state = ctx.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["epoch"] + 1
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank)
+
+    def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float() if cached else to_float(x)
+        if train:
+            x = augment(x, gen, max_shift=0.0 if cached else 0.1)
+        return x.to(ctx.device)
+
+    for epoch in range(start, epochs):
+        net.train()
+        if cached:
+            model.backbone.blocks[: model.frozen_blocks].eval()
+        totals = torch.zeros(6)
+        order = torch.randperm(len(train_y), generator=gen)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            if len(idx) < 2:
+                continue
+            out = net(inputs(train_x[idx], True), cached=cached)
+            y = train_y[idx].to(ctx.device)
+            parts = out["assign"][:, :-1]
+            l_cam = F.cross_entropy(out["cam_logits"], y)
+            l_part = F.cross_entropy(out["part_logits"], y)
+            l_comp, l_pres = part_compactness(parts), part_presence(parts)
+            l_sep = part_separation(parts)
+            loss = (l_cam + l_part + config["compactness"] * l_comp + config["presence"] * l_pres
+                    + config.get("separation", 0.0) * l_sep)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            totals += torch.tensor([loss.item(), l_cam.item(), l_part.item(), l_comp.item(),
+                                    l_pres.item(), l_sep.item()]) * len(idx)
+        totals = ctx.all_reduce(torch.cat([totals, torch.tensor([float(len(order))])]))
+        metrics = dict(zip(("loss", "cam_loss", "part_loss", "compactness", "presence", "separation"),
+                           (totals[:6] / totals[6].clamp_min(1)).tolist()))
+        metrics.update(_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx))
+        metrics["epoch"] = epoch
+        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
+                             "sched": sched.state_dict(), "epoch": epoch})
+    if ctx.is_main:
+        out = Path(config["output"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        torch.save({"model": model.state_dict(), "settings": _settings(config)}, tmp)
+        tmp.replace(out)
+
+
+@torch.no_grad()
+def _val_accuracy(net, model, val_x, val_y, inputs, cached, ctx) -> dict[str, float]:
+    net.eval()
+    correct = torch.zeros(3)
+    for i in range(0, len(val_y), 128):
+        out = model(inputs(val_x[i:i + 128], False), cached=cached)
+        y = val_y[i:i + 128].to(ctx.device)
+        correct += torch.tensor([(out["cam_logits"].argmax(1) == y).sum().item(),
+                                 (out["part_logits"].argmax(1) == y).sum().item(), len(y)])
+    correct = ctx.all_reduce(correct)
+    n = correct[2].clamp_min(1)
+    return {"val_acc_cam": (100 * correct[0] / n).item(), "val_acc_parts": (100 * correct[1] / n).item()}
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size")
+    return {k: config[k] for k in keys}

@@ -1,0 +1,54 @@
+"""Stages in order, each run only when its outputs are missing (or when forced).
+
+A stage command runs the stages before it that are not done yet, then itself; ``ghns pipeline``
+runs them all. ``force`` applies to the named stage only, never silently to its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ghns.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _catalog(cfg, force: bool):
+    from ghns.data import Catalog, build_catalog
+    from ghns.rundir import fingerprint
+
+    run = RunDir(cfg.run_dir)
+    fp = fingerprint(cfg, "catalog")
+    if run.catalog.is_file() and run.is_done("catalog", fp, force):
+        log.info("catalog: done already (%s)", run.catalog)
+        return Catalog.read(run.catalog)
+    with run.stage("catalog", fp):
+        catalog = build_catalog(cfg)
+        catalog.write(run.catalog)
+    return catalog
+
+
+def _localize(cfg, force: bool):
+    from ghns.localize.stage import run_localize
+
+    return run_localize(cfg, force=force)
+
+
+STAGE_FUNCS: dict[str, Callable[[Any, bool], Any]] = {
+    "catalog": _catalog,
+    "localize": _localize,
+}
+
+
+def run_until(cfg, stage: str, force: bool = False) -> Any:
+    """Run every stage up to and including ``stage``; return the last stage's result."""
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    result = None
+    for name, func in STAGE_FUNCS.items():
+        result = func(cfg, force and name == stage)
+        cfg.to_yaml(run.config)  # only settings that a stage accepted become the run's settings
+        if name == stage:
+            break
+    return result

@@ -1,0 +1,97 @@
+"""Thin adapters between ghns and Ray: start-up, device placement, batch inference.
+
+Everything Ray-specific that stages share lives here, so the math stays in pure functions and
+each stage's Ray code is a few lines. On a laptop ``ensure_ray`` starts a small local instance
+(all CPUs, a small object store, no dashboard); inside ``ray job submit`` or with ``--ray-address``
+it joins the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Quiet, local-friendly defaults; a user's environment wins.
+for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def ensure_ray(cfg=None) -> None:
+    """Connect to (or start) Ray once per process; later calls are no-ops."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = getattr(cfg, "ray_address", None) or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    store_mb = getattr(cfg, "object_store_mb", 512)
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=store_mb * 2**20,
+             include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def resolve_device(cfg) -> str:
+    """'cuda' or 'cpu' for the workers: 'auto' means cuda when the cluster has GPUs."""
+    if cfg.device != "auto":
+        return cfg.device
+    try:
+        return "cuda" if cluster_gpus() > 0 else "cpu"
+    except Exception:  # noqa: BLE001 - Ray not started: look at this process
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def actor_resources(cfg, actors: int) -> dict[str, float]:
+    """Resources per inference actor: one GPU each on GPU, else a fraction of the CPUs that
+    leaves room for Ray Data's own tasks (two 1-CPU actors on 2 CPUs starve them)."""
+    import ray
+
+    if resolve_device(cfg) == "cuda":
+        return {"num_gpus": 1.0, "num_cpus": 1.0}
+    cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    return {"num_cpus": max(0.25, min(1.0, (cpus - 0.5) / max(1, actors)))}
+
+
+def map_batches_pandas(rows: pd.DataFrame, actor_cls: type, actor_kwargs: dict[str, Any], cfg,
+                       actors: int = 1, batch_size: int = 64) -> pd.DataFrame:
+    """Stream ``rows`` through a pool of ``actors`` stateful ``actor_cls`` instances
+    (``Ray Data map_batches`` with ``ActorPoolStrategy``) and collect the output as pandas.
+
+    Each actor is built once with ``actor_kwargs`` (it loads its model there) and is called on
+    pandas batches of ``batch_size`` rows; row order of the result follows ``rows``.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ensure_ray(cfg)
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.reset_index(drop=True).assign(_order=np.arange(len(rows)))
+    n_blocks = max(1, min(len(rows), max(2 * actors, len(rows) // batch_size)))
+    bounds = np.linspace(0, len(rows), n_blocks + 1).astype(int)
+    blocks = [rows.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    ds = ray.data.from_pandas(blocks)
+    ds = ds.map_batches(actor_cls, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,
+                        batch_format="pandas", compute=ActorPoolStrategy(size=actors),
+                        **actor_resources(cfg, actors))
+    out = ds.to_pandas()
+    return out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def torch_threads_for(actors: int) -> int:
+    """Intra-op threads for one of ``actors`` CPU workers sharing this machine."""
+    return max(1, (os.cpu_count() or 1) // max(1, actors))

@@ -1,0 +1,145 @@
+"""Ray Train V2 around a plain ``train_loop_per_worker``: one path for 1 CPU worker or N GPUs.
+
+``fit`` builds a ``TorchTrainer`` whose run state lives in ``<run_dir>/ray/<name>``. A worker
+that dies is restarted from the last reported checkpoint (``FailureConfig``), and calling
+``fit`` again with the same name after an interrupted run resumes from that checkpoint too
+(Train V2 restores the run from its storage), so no finished epoch is trained twice.
+
+Loops use ``WorkerContext`` for what differs between the two worlds: rank, world size, device,
+checkpoint save/restore and metric reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: str) -> FitResult:
+    """Run ``loop(loop_config)`` on ``cfg.workers`` Ray Train workers; return the last metrics."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ghns.raykit import ensure_ray, resolve_device
+
+    ensure_ray(cfg)
+    device = resolve_device(cfg)
+    storage = Path(cfg.run_dir).expanduser().resolve() / "ray"
+    storage.mkdir(parents=True, exist_ok=True)
+    cpus = 1.0 if device == "cuda" else max(1.0, float(os.cpu_count() or 1) // max(1, cfg.workers))
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**loop_config, "device": device},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=device == "cuda",
+                                               resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.error is not None:  # pragma: no cover - Train V2 raises before this
+        raise result.error
+    history_file = Path(loop_config.get("history_file") or storage / name / "history.json")
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    return FitResult(dict(result.metrics or {}), history)
+
+
+class WorkerContext:
+    """What a loop needs from Ray Train, usable outside Ray too (``in_ray=False``) for tests."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray.train
+
+        self.in_ray = True
+        try:
+            ctx = ray.train.get_context()
+            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        except Exception:  # noqa: BLE001 - not inside a Ray Train worker
+            self.in_ray, self.rank, self.world = False, 0, 1
+        want = config.get("device", "cpu")
+        if want == "cuda" and torch.cuda.is_available():
+            import ray.train.torch as rtt
+
+            self.device = rtt.get_device() if self.in_ray else torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+            threads = config.get("torch_threads")
+            if threads:
+                torch.set_num_threads(int(threads))
+        self.amp = self.device.type == "cuda" and config.get("amp", True)
+        self.history_file = config.get("history_file")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This worker's contiguous share of ``n`` items."""
+        per = (n + self.world - 1) // self.world
+        return slice(self.rank * per, min(n, (self.rank + 1) * per))
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; DistributedDataParallel when there are several workers."""
+        model = model.to(self.device)
+        if self.in_ray and self.world > 1:
+            import ray.train.torch as rtt
+
+            return rtt.prepare_model(model, move_to_device=False,
+                                     parallel_strategy_kwargs={"find_unused_parameters": True})
+        return model
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over workers (identity with one worker)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            values = values.to(self.device)
+            torch.distributed.all_reduce(values)
+        return values.cpu()
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state of the last reported checkpoint, or None on a fresh start."""
+        if not self.in_ray:
+            return None
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        """Report epoch metrics (and a checkpoint of ``state`` from the main worker)."""
+        if self.is_main and self.history_file:
+            path = Path(self.history_file)
+            history = json.loads(path.read_text()) if path.is_file() else []
+            history = [h for h in history if h.get("epoch") != metrics.get("epoch")] + [metrics]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(history, indent=1))
+        if not self.in_ray:
+            return
+        import ray.train
+
+        if state is not None and self.is_main:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state, Path(d) / CHECKPOINT_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
