@@ -34,7 +34,7 @@ def ensure_ray(cfg=None) -> None:
         return
     store_mb = getattr(cfg, "object_store_mb", 512)
     ray.init(num_cpus=os.cpu_count(), object_store_memory=store_mb * 2**20,
-             include_dashboard=False, log_to_driver=True, configure_logging=False)
+             include_dashboard=True, log_to_driver=True, configure_logging=False)
 
 
 def cluster_gpus() -> float:

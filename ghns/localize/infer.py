@@ -38,8 +38,8 @@ def localize_batch(model, images: torch.Tensor, labels: np.ndarray, is_train: np
     out = model(to_float(images))
     probs = out["cam_logits"].softmax(1)
     pred = probs.argmax(1)
-    classes = torch.where(torch.as_tensor(is_train, device=pred.device),
-                          torch.as_tensor(labels, device=pred.device), pred)
+    classes = torch.where(torch.tensor(np.asarray(is_train, dtype=bool), device=pred.device),
+                          torch.tensor(np.asarray(labels, dtype=np.int64), device=pred.device), pred)
     side = images.shape[-1]
     cams = F.interpolate(model.cam(out["features"], classes)[:, None], size=(side, side),
                          mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
