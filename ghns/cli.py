@@ -125,8 +125,6 @@ def print_catalog_summary(catalog) -> None:
 FORCE = typer.Option(False, "--force", help="Redo this stage even if it is done.")
 
 NOT_BUILT = {
-    "train-parts": "stage 1, part networks and FilterNet (issue 4)",
-    "generate": "stage 2, the hard-negative generator (issue 5)",
     "train-final": "stage 3, the final classifiers (issue 6)",
     "evaluate": "evaluation and the report (issue 6)",
     "predict": "prediction with the fused classifiers (issue 6)",
@@ -135,7 +133,7 @@ NOT_BUILT = {
 
 
 @app.command()
-@with_config("data", "localize", "run")
+@with_config("data", "localize", "stage1", "stage2", "run")
 def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
                                                        help="Redo every stage.")) -> None:
     """Run every stage in one run directory, skipping those already done."""
@@ -152,7 +150,9 @@ def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
 
     print_catalog_summary(Catalog.read(RunDir(cfg.run_dir).catalog))
     print_localization(RunDir(cfg.run_dir))
-    missing = [NOT_BUILT[s] for s in ("train-parts", "generate", "train-final", "evaluate")]
+    print_stage1(RunDir(cfg.run_dir))
+    print_generate(RunDir(cfg.run_dir))
+    missing = [NOT_BUILT[s] for s in ("train-final", "evaluate")]
     typer.echo("not built yet, so not run: " + "; ".join(missing))
 
 
@@ -165,6 +165,67 @@ def localize(cfg: Config, force: bool = FORCE) -> None:
 
     run_until(cfg, "localize", force=force)
     print_localization(RunDir(cfg.run_dir))
+
+
+@app.command("train-parts")
+@with_config("data", "localize", "stage1", "run")
+def train_parts(cfg: Config, force: bool = FORCE) -> None:
+    """Stage 1: three part networks (cls + triplet + adversarial), the embedding table, FilterNet."""
+    from ghns.pipeline import run_until
+    from ghns.rundir import RunDir
+
+    run_until(cfg, "stage1", force=force)
+    print_stage1(RunDir(cfg.run_dir))
+
+
+@app.command()
+@with_config("data", "localize", "stage1", "stage2", "run")
+def generate(cfg: Config, force: bool = FORCE) -> None:
+    """Stage 2: hard negatives by part shuffling, FAISS priority and FilterNet, per class."""
+    from ghns.pipeline import run_until
+    from ghns.rundir import RunDir
+
+    run_until(cfg, "generate", force=force)
+    print_generate(RunDir(cfg.run_dir))
+
+
+def print_generate(run) -> None:
+    import json
+
+    if not run.generate_json.is_file():
+        return
+    f = json.loads(run.generate_json.read_text())
+    st = f["settings"]
+    typer.echo(f"generate: {f['kept']} hard negatives for {f['classes']} classes "
+               f"(per class {st['per_class']}, tau {st['tau']}, {st['neighbors']} neighbours, "
+               f"{f['actors']} actor(s), {f['seconds']} s)")
+    typer.echo(f"  candidates scored {f['candidates']} ({f['fully_scored']} needed a full softmax), "
+               f"pass rate {f['pass_rate']}")
+    fill = f["fill"]
+    typer.echo(f"  classes filled: {fill['full']} of {f['classes']}; fill mean {fill['mean']}, "
+               f"min {fill['min']}")
+    if f.get("same_variant_rate") is not None:
+        typer.echo(f"  kept sets whose swapped parts are the reference's own variant (look exactly "
+                   f"like its class; synthetic ground truth): {f['same_variant_rate']}")
+    for s in f["short"][:10]:
+        typer.echo(f"  short: {s['class']}: {s['kept']} kept, {s['reason']}")
+    if len(f["short"]) > 10:
+        typer.echo(f"  ... and {len(f['short']) - 10} more classes short (see {run.generate_json})")
+
+
+def print_stage1(run) -> None:
+    import json
+
+    if not run.stage1_json.is_file():
+        return
+    f = json.loads(run.stage1_json.read_text())
+    w = f["loss_weights"]
+    typer.echo(f"stage 1: {f['backbone']} part networks, crops {f['part_image_size']} px, "
+               f"alpha {w['alpha']} beta {w['beta']} gamma {w['gamma']}, {f['epochs']} epochs "
+               f"({f['seconds_per_epoch']} s each)")
+    typer.echo("  val accuracy, part networks: " + "  ".join(f"{k} {v}" for k, v in
+               f["val_accuracy_parts"].items()) + f"  (mean of the three: {f['val_accuracy_parts_mean']})")
+    typer.echo(f"  val accuracy, FilterNet: {f['filternet']['val_accuracy']}")
 
 
 def print_localization(run) -> None:
@@ -194,7 +255,7 @@ def _not_built(name: str) -> Callable:
     return command
 
 
-for _name in ("train-parts", "generate", "train-final", "evaluate", "sweep"):
+for _name in ("train-final", "evaluate", "sweep"):
     app.command(_name)(with_config("run")(_not_built(_name)))
 
 
@@ -220,9 +281,15 @@ def show_parts(cfg: Config, rows: int = typer.Option(12, "--rows", help="Images 
 
 @show_app.command("negatives")
 @with_config("run")
-def show_negatives(cfg: Config) -> None:
-    """A PNG mosaic of reference crops beside their hard negatives."""
-    raise typer.Exit(_stop("'show negatives' is not built yet: it needs stage 2 (issue 5)", code=1))
+def show_negatives(cfg: Config, rows: int = typer.Option(8, "--rows", help="Hard negatives shown."),
+                   out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: "
+                                                     "<run-dir>/figures/negatives.png).")) -> None:
+    """A PNG mosaic: reference part crops beside a hard negative's, labelled by source class."""
+    from ghns.figures import negatives_mosaic
+    from ghns.rundir import RunDir
+
+    path = negatives_mosaic(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)
+    typer.echo(f"wrote {path}")
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -97,6 +97,53 @@ class Config:
                                 section="localize")
     part_separation: float = _opt(5.0, "Weight of the part separation loss (part centres at "
                                        "least 0.2 of the image apart).", low=0.0, section="localize")
+    # -- stage 1: part networks and FilterNet ------------------------------------------------
+    alpha: float = _opt(1.0, "Weight of the classification loss (Eq. 7).", low=0.0, section="stage1")
+    beta: float = _opt(0.8, "Weight of the triplet loss (Eq. 7); 0 drops it.", low=0.0,
+                       section="stage1")
+    gamma: float = _opt(1.0, "Weight of the adversarial (shuffled-set) loss (Eq. 7); 0 drops it.",
+                        low=0.0, section="stage1")
+    triplet_margin: float = _opt(0.2, "Triplet margin m (Eq. 2) on unit-length embeddings.",
+                                 low=0.0, low_open=True, high=4.0, section="stage1")
+    triplet_mining: str = _opt("hard", "Triplets of a batch: 'hard' (hardest positive and negative "
+                                       "per anchor) or 'all'.", choices=("hard", "all"),
+                               section="stage1")
+    embedding_dim: int = _opt(128, "Part embedding dimension D.", low=2, high=8192, section="stage1")
+    part_image_size: int = _opt(0, "Side of the part crops; 0 = half the localizer's image size "
+                                   "(at least 48).", low=0, high=2048, section="stage1")
+    stage1_epochs: int = _opt(30, "Epochs of stage 1.", low=1, section="stage1")
+    stage1_lr: float = _opt(0.05, "Initial learning rate of stage 1 (paper: SGD 0.05).", low=0.0,
+                            low_open=True, section="stage1")
+    optimizer: str = _opt("sgd", "Optimizer of stages 1 and 3: 'sgd' (momentum 0.9, the paper's) or "
+                                 "'adamw'.", choices=("sgd", "adamw"), section="stage1")
+    weight_decay: float = _opt(5e-4, "Weight decay of stages 1 and 3.", low=0.0, section="stage1")
+    lr_step_epochs: int = _opt(40, "Learning-rate step: multiply by --lr-gamma every this many "
+                                   "epochs (paper: 40).", low=1, section="stage1")
+    lr_gamma: float = _opt(0.1, "Learning-rate step factor.", low=0.0, low_open=True, high=1.0,
+                           section="stage1")
+    trainable_blocks: int = _opt(-1, "Backbone blocks stages 1 and 3 train; the rest is frozen and "
+                                     "its output cached. -1 = all from scratch, 1 when pretrained.",
+                                 low=-1, section="stage1")
+    batch_classes: int = _opt(8, "Classes per stage-1 batch (P of P x K).", low=2, section="stage1")
+    batch_images: int = _opt(4, "Images per class in a stage-1 batch (K of P x K).", low=2,
+                             section="stage1")
+    discriminator_hidden: int = _opt(256, "Hidden units of the shuffle discriminator D; 0 = the "
+                                          "paper's linear D (which cannot beat chance).", low=0,
+                                     section="stage1")
+    filternet_hidden: int = _opt(0, "FilterNet hidden units; 0 = linear (per-part logit tables "
+                                    "in stage 2).", low=0, section="stage1")
+    # -- stage 2: hard-negative generation ---------------------------------------------------
+    per_class: int = _opt(150, "Hard negatives to generate per class (paper: 150-200 best).",
+                          low=1, section="stage2")
+    tau: float = _opt(0.95, "Keep a candidate when FilterNet still gives its reference class a "
+                            "softmax score >= tau.", low=0.0, high=1.0, low_open=True,
+                      high_open=True, section="stage2")
+    neighbors: int = _opt(16, "Replacement parts per reference part: its K nearest other-class "
+                              "parts (FAISS), nearest first.", low=1, section="stage2")
+    max_part_similarity: float = _opt(0.95, "Skip replacement parts more similar than this (cosine) "
+                                            "to the part they replace: near-identical parts make "
+                                            "false negatives. 1.0 = the paper (no limit).",
+                                      low=-1.0, high=1.0, section="stage2")
     # -- run -------------------------------------------------------------------------------
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
@@ -146,6 +193,11 @@ class Config:
         if self.localize_image_size:
             return self.localize_image_size
         return self.synthetic_image_size if self.dataset == "synthetic" else 224
+
+    def resolved_part_size(self) -> int:
+        if self.part_image_size:
+            return self.part_image_size
+        return max(48, self.resolved_localize_size() // 2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -75,3 +75,58 @@ def parts_grid(run: RunDir, rows: int = 12, out: str | None = None, seed: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def negatives_mosaic(run: RunDir, rows: int = 8, out: str | None = None, seed: int = 0,
+                     side: int = 96) -> Path:
+    """One row per hard negative (from different classes): the reference's three part crops, then
+    the negative's three part crops, each labelled with the class it comes from; swapped parts
+    are framed in red. Returns the PNG path."""
+    from ghns.stage2.bank import read_bank
+
+    bank, _ = read_bank(run.negatives, with_embeddings=False)
+    if bank.empty:
+        raise StageError(f"no hard negatives in {run.negatives}: run 'ghns generate' first")
+    catalog = Catalog.read(run.catalog)
+    paths = dict(zip(catalog.table["image_id"], catalog.table["path"]))
+    loc = pd.read_parquet(run.localization).set_index("image_id")
+    names = catalog.classes
+    one_per_class = bank.sample(frac=1.0, random_state=seed).drop_duplicates("class")
+    pick = one_per_class.head(rows).sort_values("class")
+    label_h = 14
+    width = 6 * (side + 6) + 30
+    canvas = Image.new("RGB", (width, 20 + len(pick) * (side + 2 * label_h + 8)), (20, 20, 20))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), "reference parts (left) | hard negative parts (right); red frame = swapped part",
+              fill=(230, 230, 230))
+    cache: dict[int, Image.Image] = {}
+
+    def crop(image_id: int, k: int) -> Image.Image:
+        if image_id not in cache:
+            try:
+                cache[image_id] = load_rgb(paths[image_id])
+            except BadImage:
+                cache[image_id] = Image.new("RGB", (side, side))
+        box = tuple(float(loc.loc[image_id, f"part{k + 1}_{c}"]) for c in "xywh")
+        return _crop(cache[image_id], box, side)
+
+    for r, (_, neg) in enumerate(pick.iterrows()):
+        top = 22 + r * (side + 2 * label_h + 8)
+        ref = int(neg["ref_image"])
+        draw.text((2, top), f"class {names[int(neg['class'])]}  score {neg['score']:.3f}",
+                  fill=(200, 200, 200))
+        for k in range(3):
+            left = k * (side + 6)
+            canvas.paste(crop(ref, k), (left, top + label_h))
+            src = int(neg[f"part{k + 1}_image"])
+            left2 = 3 * (side + 6) + 30 + k * (side + 6)
+            canvas.paste(crop(src, k), (left2, top + label_h))
+            if neg["swapped"][k] == "1":
+                draw.rectangle([left2, top + label_h, left2 + side - 1, top + label_h + side - 1],
+                               outline=(230, 40, 40), width=3)
+            draw.text((left2, top + label_h + side + 1),
+                      names[int(neg[f"part{k + 1}_class"])][:18], fill=(180, 180, 180))
+    path = Path(out) if out else run.figures / "negatives.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

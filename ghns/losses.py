@@ -42,3 +42,79 @@ def part_separation(assign: torch.Tensor, min_distance: float = 0.2) -> torch.Te
     if not pairs.any():
         return assign.sum() * 0.0
     return torch.relu(min_distance - dist[:, pairs]).mean()
+
+
+# -- metric and adversarial losses (paper Eq. 2, 5, 6, 9) --------------------------------------
+
+def _sq_dists(x: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances (N, N), exact zeros on the diagonal."""
+    diff = x[:, None, :] - x[None, :, :]
+    return (diff * diff).sum(dim=-1)
+
+
+def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float,
+                 mining: str = "all") -> torch.Tensor:
+    """Triplet loss of paper Eq. 2: mean of 0.5 * max(0, d(r, p) - d(r, n) + margin), d squared L2."""
+    if mining not in ("all", "hard"):
+        raise ValueError(f"unknown mining {mining!r}; expected 'all' or 'hard'")
+    n = embeddings.shape[0]
+    labels = labels.view(-1)
+    d = _sq_dists(embeddings)  # (N, N)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    pos = same & ~eye  # (r, p)
+    neg = ~same  # (r, n)
+    if mining == "all":
+        valid = pos[:, :, None] & neg[:, None, :]  # (r, p, n)
+        if not valid.any():
+            return embeddings.sum() * 0.0
+        losses = 0.5 * torch.relu(d[:, :, None] - d[:, None, :] + margin)
+        return losses[valid].mean()
+    anchors = pos.any(dim=1) & neg.any(dim=1)
+    if not anchors.any():
+        return embeddings.sum() * 0.0
+    hardest_pos = d.masked_fill(~pos, float("-inf")).amax(dim=1)
+    hardest_neg = d.masked_fill(~neg, float("inf")).amin(dim=1)
+    losses = 0.5 * torch.relu(hardest_pos[anchors] - hardest_neg[anchors] + margin)
+    return losses.mean()
+
+
+# The 6 non-empty proper subsets of the 3 parts, as replace masks (True = part taken from another image).
+_SUBSETS = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1],
+                         [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+
+
+def shuffled_sets(n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Part-index triples for the adversarial sets of paper Eq. 5: label 0 iff (i, i, i), else 1."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    ref = torch.arange(n, dtype=torch.long)
+    rows = ref[:, None].expand(n, 3).clone()
+    labels = torch.zeros(n)
+    if n < 2:
+        return rows, labels
+    masks = _SUBSETS[torch.randint(0, len(_SUBSETS), (n,), generator=generator)]  # (n, 3)
+    other = torch.randint(0, n - 1, (n, 3), generator=generator)
+    other = other + (other >= ref[:, None]).long()  # uniform over the other n-1 images
+    shuffled = torch.where(masks, other, ref[:, None].expand(n, 3))
+    return torch.cat([rows, shuffled]), torch.cat([labels, torch.ones(n)])
+
+
+def adversarial_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Adversarial loss of paper Eq. 6: mean binary cross-entropy with logits (1 = shuffled set)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def quadruplet_loss(r: torch.Tensor, p: torch.Tensor, n_plus: torch.Tensor, n: torch.Tensor,
+                    m1: float, m2: float) -> torch.Tensor:
+    """Quadruplet loss of paper Eq. 9 (mean over rows), requires m1 > m2 > 0."""
+    if not (m1 > m2 > 0):
+        raise ValueError(f"quadruplet margins must satisfy m1 > m2 > 0, got m1={m1}, m2={m2}")
+    if r.shape[0] == 0:
+        return (r.sum() + p.sum() + n_plus.sum() + n.sum()) * 0.0
+    d_p = ((r - p) ** 2).sum(dim=-1)
+    d_np = ((r - n_plus) ** 2).sum(dim=-1)
+    d_n = ((r - n) ** 2).sum(dim=-1)
+    first = 0.5 * torch.relu(d_p - d_np + m1 - m2)
+    second = 0.5 * torch.relu(d_np - d_n + m2)
+    return (first + second).mean()

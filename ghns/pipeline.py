@@ -35,9 +35,23 @@ def _localize(cfg, force: bool):
     return run_localize(cfg, force=force)
 
 
+def _stage1(cfg, force: bool):
+    from ghns.stage1.stage import run_stage1
+
+    return run_stage1(cfg, force=force)
+
+
+def _generate(cfg, force: bool):
+    from ghns.stage2.stage import run_generate
+
+    return run_generate(cfg, force=force)
+
+
 STAGE_FUNCS: dict[str, Callable[[Any, bool], Any]] = {
     "catalog": _catalog,
     "localize": _localize,
+    "stage1": _stage1,
+    "generate": _generate,
 }
 
 

@@ -21,6 +21,8 @@ STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")
 STAGE_SECTIONS = {
     "catalog": ("data",),
     "localize": ("data", "localize"),
+    "stage1": ("data", "localize", "stage1"),
+    "generate": ("data", "localize", "stage1", "stage2"),
 }
 
 
@@ -44,6 +46,30 @@ class RunDir:
     @property
     def localization_json(self) -> Path:
         return self.path / "localization.json"
+
+    @property
+    def stage1_json(self) -> Path:
+        return self.path / "stage1.json"
+
+    @property
+    def part_networks(self) -> Path:
+        return self.path / "stage1" / "parts.pt"
+
+    @property
+    def filternet(self) -> Path:
+        return self.path / "stage1" / "filternet.pt"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.path / "embeddings.parquet"
+
+    @property
+    def negatives(self) -> Path:
+        return self.path / "negatives"
+
+    @property
+    def generate_json(self) -> Path:
+        return self.path / "generate.json"
 
     @property
     def figures(self) -> Path:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from ghns.losses import part_compactness, part_presence, part_separation
+from ghns.losses import (
+    adversarial_loss,
+    part_compactness,
+    part_presence,
+    part_separation,
+    quadruplet_loss,
+    shuffled_sets,
+    triplet_loss,
+)
 
 
 def maps(seed=0, n=3, k=3, h=5, w=6):
@@ -62,3 +71,152 @@ def test_part_separation_brute_force_and_zero_when_apart():
     apart[0, 0, 0, 0] = apart[0, 1, 4, 4] = 1.0
     assert part_separation(apart, 0.5).item() == 0.0
     assert part_separation(torch.rand(2, 1, 3, 3)).item() == 0.0  # one part: no pairs
+
+
+# -- triplet loss (Eq. 2) ------------------------------------------------------------------------
+
+def sqd(a, b):
+    return sum((x - y) ** 2 for x, y in zip(a, b))
+
+
+def triplet_oracle(emb, labels, margin, mining):
+    e = emb.tolist()
+    lab = labels.tolist()
+    n = len(lab)
+    if mining == "all":
+        vals = [0.5 * max(0.0, sqd(e[r], e[p]) - sqd(e[r], e[q]) + margin)
+                for r in range(n) for p in range(n) for q in range(n)
+                if r != p and lab[r] == lab[p] and lab[q] != lab[r]]
+    else:
+        vals = []
+        for r in range(n):
+            ps = [sqd(e[r], e[p]) for p in range(n) if p != r and lab[p] == lab[r]]
+            ns = [sqd(e[r], e[q]) for q in range(n) if lab[q] != lab[r]]
+            if ps and ns:
+                vals.append(0.5 * max(0.0, max(ps) - min(ns) + margin))
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+@pytest.mark.parametrize("mining", ["all", "hard"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triplet_loss_brute_force(mining, seed):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 1])  # class 3 has a single image
+    for margin in (0.1, 1.0, 5.0):
+        got = triplet_loss(emb, labels, margin, mining=mining)
+        assert got.dim() == 0
+        assert got.item() == pytest.approx(triplet_oracle(emb, labels, margin, mining), rel=1e-9, abs=1e-12)
+
+
+def test_triplet_loss_hard_is_at_least_all_on_average_and_has_grad():
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(8, 3, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    hard = triplet_loss(emb, labels, 1.0, mining="hard")
+    assert hard.item() >= triplet_loss(emb, labels, 1.0, mining="all").item() - 1e-6
+    hard.backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all()
+
+
+@pytest.mark.parametrize("mining", ["all", "hard"])
+@pytest.mark.parametrize("labels", [[4, 4, 4, 4], [7], [0, 1, 2, 3]], ids=["one-class", "one-image", "distinct"])
+def test_triplet_loss_degenerate_batches_are_zero_with_grad(mining, labels):
+    emb = torch.randn(len(labels), 3, requires_grad=True)
+    loss = triplet_loss(emb, torch.tensor(labels), 1.0, mining=mining)
+    assert loss.item() == 0.0
+    assert loss.grad_fn is not None
+    loss.backward()
+    assert emb.grad is not None and (emb.grad == 0).all()
+
+
+def test_triplet_loss_unknown_mining():
+    with pytest.raises(ValueError):
+        triplet_loss(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]), 1.0, mining="semi")
+
+
+# -- shuffled sets (Eq. 5) -----------------------------------------------------------------------
+
+def test_shuffled_sets_shapes_labels_and_replacements():
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 7):
+        for _ in range(20):
+            idx, lab = shuffled_sets(n, g)
+            assert idx.shape == (2 * n, 3) and idx.dtype == torch.long
+            assert lab.shape == (2 * n,) and lab.dtype == torch.float32
+            assert ((idx >= 0) & (idx < n)).all()
+            for row, y in zip(idx.tolist(), lab.tolist()):
+                assert y == (0.0 if row[0] == row[1] == row[2] else 1.0)
+            assert idx[:n].tolist() == [[i, i, i] for i in range(n)]
+            assert (lab[:n] == 0).all() and (lab[n:] == 1).all()
+            for i, row in enumerate(idx[n:].tolist()):
+                replaced = [k for k in range(3) if row[k] != i]
+                assert 1 <= len(replaced) <= 2
+                assert i in row  # the reference image keeps at least one part
+
+
+def test_shuffled_sets_all_six_subsets_and_all_sources_occur():
+    g = torch.Generator().manual_seed(1)
+    n = 4
+    subsets, sources = set(), set()
+    for _ in range(300):
+        idx, _ = shuffled_sets(n, g)
+        for i, row in enumerate(idx[n:].tolist()):
+            subsets.add(tuple(row[k] != i for k in range(3)))
+            sources.update((i, row[k]) for k in range(3) if row[k] != i)
+    assert len(subsets) == 6
+    assert sources == {(i, j) for i in range(n) for j in range(n) if i != j}
+
+
+def test_shuffled_sets_deterministic_and_small_n():
+    a = shuffled_sets(6, torch.Generator().manual_seed(42))
+    b = shuffled_sets(6, torch.Generator().manual_seed(42))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    idx, lab = shuffled_sets(1, torch.Generator().manual_seed(0))
+    assert idx.tolist() == [[0, 0, 0]] and lab.tolist() == [0.0]
+    idx, lab = shuffled_sets(2, torch.Generator().manual_seed(0))
+    assert idx.shape == (4, 3)
+    idx, lab = shuffled_sets(0)
+    assert idx.shape == (0, 3) and lab.shape == (0,)
+
+
+# -- adversarial loss (Eq. 6) --------------------------------------------------------------------
+
+def test_adversarial_loss_is_bce_with_logits():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(10, generator=g, dtype=torch.float64) * 3
+    labels = (torch.rand(10, generator=g) > 0.5).double()
+    expected = 0.0
+    for x, y in zip(logits.tolist(), labels.tolist()):
+        s = 1.0 / (1.0 + math.exp(-x))
+        expected -= y * math.log(s) + (1 - y) * math.log(1 - s)
+    assert adversarial_loss(logits, labels).item() == pytest.approx(expected / 10, rel=1e-9)
+    x = logits.clone().requires_grad_(True)
+    adversarial_loss(x, labels).backward()
+    assert x.grad is not None
+
+
+# -- quadruplet loss (Eq. 9) ---------------------------------------------------------------------
+
+def test_quadruplet_loss_brute_force():
+    g = torch.Generator().manual_seed(4)
+    r, p, npl, n = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    for m1, m2 in ((1.0, 0.5), (4.0, 2.0), (0.3, 0.1)):
+        expected = 0.0
+        for i in range(6):
+            a, b, c, d = r[i].tolist(), p[i].tolist(), npl[i].tolist(), n[i].tolist()
+            expected += 0.5 * max(0.0, sqd(a, b) - sqd(a, c) + m1 - m2)
+            expected += 0.5 * max(0.0, sqd(a, c) - sqd(a, d) + m2)
+        got = quadruplet_loss(r, p, npl, n, m1, m2)
+        assert got.item() == pytest.approx(expected / 6, rel=1e-9, abs=1e-12)
+
+
+def test_quadruplet_loss_margins_and_empty_batch():
+    x = torch.randn(2, 3)
+    for m1, m2 in ((0.5, 0.5), (0.5, 1.0), (1.0, 0.0), (1.0, -0.5)):
+        with pytest.raises(ValueError):
+            quadruplet_loss(x, x, x, x, m1, m2)
+    e = torch.zeros(0, 3, requires_grad=True)
+    loss = quadruplet_loss(e, e, e, e, 1.0, 0.5)
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()

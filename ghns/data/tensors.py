@@ -75,6 +75,27 @@ def load_images(rows, size: int, boxes: Sequence[Box | None] | None = None) -> t
     return loaded.images
 
 
+def load_part_crops(paths: Sequence[str], boxes: np.ndarray, size: int) -> tuple[torch.Tensor, list[int]]:
+    """Decode each image once and cut its part boxes: ``boxes`` (N, P, 4) -> uint8 tensor
+    (N, P, 3, size, size). Images that fail to decode stay zeros; their indices are returned."""
+    n, parts = boxes.shape[:2]
+    out = np.zeros((n, parts, size, size, 3), dtype=np.uint8)
+    failed: list[int] = []
+
+    def one(i: int) -> None:
+        try:
+            img = load_rgb(paths[i])
+        except BadImage:
+            failed.append(i)
+            return
+        for k in range(parts):
+            out[i, k] = crop_resize(img, size, tuple(boxes[i, k]))
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(n)))
+    return torch.from_numpy(out).permute(0, 1, 4, 2, 3).contiguous(), sorted(failed)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float in [0, 1]."""
     return images.float().div_(255.0)

@@ -34,16 +34,17 @@ def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> 
     return model
 
 
-def frozen_blocks_for(backbone_name: str, pretrained: str, trainable_blocks: int) -> int:
+def frozen_blocks_for(backbone_name: str, pretrained: str, trainable_blocks: int,
+                      pretrained_default: int = 0) -> int:
     """How many leading blocks to freeze: ``trainable_blocks=-1`` trains all blocks of a backbone
-    that starts from scratch and none of a pretrained one."""
+    that starts from scratch and ``pretrained_default`` blocks of a pretrained one."""
     from ghns.models.backbones import BACKBONES
 
     spec = BACKBONES[backbone_name]
     weights = spec.default_pretrained if pretrained == "auto" else pretrained
     n_blocks = len(spec.build("none").blocks)
     if trainable_blocks < 0:
-        trainable_blocks = n_blocks if weights == "none" else 0
+        trainable_blocks = n_blocks if weights == "none" else pretrained_default
     return max(0, n_blocks - trainable_blocks)
 
 
@@ -98,6 +99,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
         return x.to(ctx.device)
 
     for epoch in range(start, epochs):
+        ctx.fail_once(epoch)
         net.train()
         if cached:
             model.backbone.blocks[: model.frozen_blocks].eval()

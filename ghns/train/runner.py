@@ -68,6 +68,7 @@ class WorkerContext:
     def __init__(self, config: dict[str, Any]) -> None:
         import ray.train
 
+        self.config = config
         self.in_ray = True
         try:
             ctx = ray.train.get_context()
@@ -114,16 +115,31 @@ class WorkerContext:
         return values.cpu()
 
     def restore(self) -> dict[str, Any] | None:
-        """The state of the last reported checkpoint, or None on a fresh start."""
-        if not self.in_ray:
-            return None
-        import ray.train
+        """The state of the last reported checkpoint, or None on a fresh start. Every start is
+        appended to ``<history_file>.starts`` (the epoch it starts from), so a resumed run shows."""
+        state = None
+        if self.in_ray:
+            import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        if self.is_main and self.history_file:
+            starts = Path(str(self.history_file) + ".starts")
+            starts.parent.mkdir(parents=True, exist_ok=True)
+            with starts.open("a") as fh:
+                fh.write(json.dumps({"start_epoch": 0 if state is None else state["epoch"] + 1}) + "\n")
+        return state
+
+    def fail_once(self, epoch: int) -> None:
+        """Fault injection for tests of resumption: with ``fail_once_at_epoch`` in the loop config,
+        the main worker dies (hard exit) at the start of that epoch, once (a marker file remembers)."""
+        at, marker = self.config.get("fail_once_at_epoch"), self.config.get("fail_marker")
+        if at is None or epoch != at or not self.is_main or not marker or Path(marker).exists():
+            return
+        Path(marker).write_text("failed once")
+        os._exit(1)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         """Report epoch metrics (and a checkpoint of ``state`` from the main worker)."""

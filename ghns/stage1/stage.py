@@ -1,0 +1,136 @@
+"""The stage-1 stage: train the part networks (Ray Train), embed every (image, part) (Ray Data),
+train FilterNet, write ``stage1/`` and ``embeddings.parquet``, report ``stage1.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ghns.data.catalog import Catalog
+from ghns.errors import StageError
+from ghns.localize.train import frozen_blocks_for
+from ghns.rundir import RunDir, fingerprint
+from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
+from ghns.stage1.filternet import train_filternet
+from ghns.stage1.table import read_embeddings, write_embeddings
+from ghns.stage1.train import stage1_loop
+
+log = logging.getLogger(__name__)
+
+
+def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
+    run = RunDir(cfg.run_dir)
+    if not run.localization.is_file():
+        raise StageError(f"{run.localization} is missing: run 'ghns localize' first")
+    fp = fingerprint(cfg, "stage1")
+    if run.stage1_json.is_file() and run.is_done("stage1", fp, force):
+        log.info("stage1: done already (%s)", run.stage1_json)
+        return json.loads(run.stage1_json.read_text())
+    catalog = Catalog.read(run.catalog)
+    with run.stage("stage1", fp) as record:
+        history = _train_parts(cfg, run, catalog, force)
+        meta, emb = _embed(cfg, run, catalog)
+        write_embeddings(run.embeddings, meta, emb)
+        figures = _filternet(cfg, run, meta, emb, len(catalog.classes))
+        last = history[-1] if history else {}
+        figures.update({
+            "backbone": cfg.resolved_backbone(), "part_image_size": cfg.resolved_part_size(),
+            "loss_weights": {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma},
+            "val_accuracy_parts": {f"part{k}": round(last[f"val_acc_part{k}"], 2) for k in (1, 2, 3)
+                                   if f"val_acc_part{k}" in last},
+            "val_accuracy_parts_mean": round(last.get("val_acc_parts_mean", float("nan")), 2),
+            "epochs": len(history),
+            "seconds_per_epoch": round(float(np.median([h["epoch_seconds"] for h in history])), 2)
+            if history else None,
+            "cache_seconds": round(last.get("cache_seconds", 0.0), 1),
+            "discriminator_train_accuracy": round(100 * last.get("adv_accuracy", float("nan")), 1),
+        })
+        record["figures"] = {"filternet_val_accuracy": figures["filternet"]["val_accuracy"]}
+        run.stage1_json.write_text(json.dumps(figures, indent=2))
+    log.info("stage1: FilterNet val accuracy %.2f%%, part networks %s",
+             figures["filternet"]["val_accuracy"], figures["val_accuracy_parts"])
+    return figures
+
+
+def _train_parts(cfg, run: RunDir, catalog: Catalog, force: bool) -> list[dict]:
+    from ghns.raykit import torch_threads_for
+    from ghns.train.runner import fit
+
+    backbone = cfg.resolved_backbone()
+    storage = run.path / "ray" / "stage1"
+    history_file = run.path / "stage1" / "history.json"
+    if force:
+        shutil.rmtree(storage, ignore_errors=True)
+        history_file.unlink(missing_ok=True)
+    loop_config = {
+        "catalog": str(run.catalog.resolve()), "localization": str(run.localization.resolve()),
+        "output": str(run.part_networks.resolve()), "history_file": str(history_file.resolve()),
+        "backbone": backbone, "pretrained": cfg.pretrained, "num_classes": len(catalog.classes),
+        "frozen_blocks": frozen_blocks_for(backbone, cfg.pretrained, cfg.trainable_blocks,
+                                           pretrained_default=1),
+        "image_size": cfg.resolved_part_size(), "embedding_dim": cfg.embedding_dim,
+        "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma, "margin": cfg.triplet_margin,
+        "mining": cfg.triplet_mining, "epochs": cfg.stage1_epochs, "optimizer": cfg.optimizer,
+        "lr": cfg.stage1_lr, "weight_decay": cfg.weight_decay, "lr_step": cfg.lr_step_epochs,
+        "lr_gamma": cfg.lr_gamma, "batch_classes": cfg.batch_classes,
+        "batch_images": cfg.batch_images, "seed": cfg.seed,
+        "discriminator_hidden": cfg.discriminator_hidden,
+        "torch_threads": torch_threads_for(cfg.workers),
+    }
+    fit(stage1_loop, loop_config, cfg, name="stage1")
+    return json.loads(history_file.read_text()) if history_file.is_file() else []
+
+
+def _embed(cfg, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
+    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
+
+    loc = pd.read_parquet(run.localization)
+    rows = catalog.table[["image_id", "path", "split", "label"]].merge(
+        loc[["image_id"] + BOX_COLUMNS], on="image_id", how="left")
+    out = map_batches_pandas(rows, EmbedActor,
+                             {"model_path": str(run.part_networks.resolve()),
+                              "device": resolve_device(cfg), "threads": torch_threads_for(cfg.actors)},
+                             cfg, actors=cfg.actors, batch_size=cfg.batch_size)
+    failed = int(out["image_failed"].sum())
+    if failed:
+        raise StageError(f"stage1: {failed} images could not be read while embedding")
+    emb = np.stack([np.stack(out[f"part{k}"].to_numpy()) for k in (1, 2, 3)], axis=1)
+    return out[["image_id", "split", "label"]], emb.astype(np.float32)
+
+
+def _filternet(cfg, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classes: int) -> dict:
+    train = (meta["split"] == "train").to_numpy()
+    val = (meta["split"] == "val").to_numpy()
+    labels = meta["label"].to_numpy()
+    net, figures = train_filternet(emb[train], labels[train], emb[val], labels[val], num_classes,
+                                   hidden=cfg.filternet_hidden, seed=cfg.seed)
+    tmp = run.filternet.with_name(run.filternet.name + ".tmp")
+    torch.save({"model": net.state_dict(), "hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
+                "embedding_dim": emb.shape[2], "num_classes": num_classes}, tmp)
+    tmp.replace(run.filternet)
+    return {"filternet": figures}
+
+
+def load_filternet(run: RunDir):
+    return load_filternet_file(run.filternet)
+
+
+def load_filternet_file(path):
+    from ghns.models.parts import FilterNet
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net = FilterNet(state["n_parts"], state["embedding_dim"], state["num_classes"], state["hidden"])
+    net.load_state_dict(state["model"])
+    return net.eval()
+
+
+def load_embeddings(run: RunDir):
+    if not run.embeddings.is_file():
+        raise StageError(f"{run.embeddings} is missing: run 'ghns train-parts' first")
+    return read_embeddings(run.embeddings)

@@ -1,0 +1,172 @@
+"""Stage 1 training loop (Ray Train): three part networks with
+``alpha * L_cls + beta * L_triplet + gamma * L_adv`` (paper Eq. 7).
+
+Batches are P classes x K images (``pk_batches``); the triplet loss mines inside each batch
+(our own ``triplet_loss``: two modes, brute-force tested, no extra dependency). The adversarial
+loss trains the linear discriminator on unshuffled and shuffled sets of the batch's part
+embeddings (``shuffled_sets``). With a partly frozen backbone (``--trainable-blocks``) the
+frozen blocks run once and their output is cached, so CPU epochs only run the trainable tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from ghns.data.catalog import Catalog
+from ghns.data.tensors import augment, load_part_crops, to_float
+from ghns.errors import StageError
+from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
+from ghns.models.parts import PartNetworks
+from ghns.sampling import pk_batches
+from ghns.train.runner import WorkerContext
+
+N_PARTS = 3
+
+
+def part_rows(catalog_path: str, localization_path: str, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Catalog rows of ``split`` with their part boxes (N, 3, 4) from localization.parquet."""
+    catalog = Catalog.read(catalog_path)
+    loc = pd.read_parquet(localization_path)
+    rows = catalog.split(split)[["image_id", "path", "label", "split"]].merge(
+        loc.drop(columns=["split", "label"]), on="image_id", how="left")
+    cols = [[f"part{k + 1}_{c}" for c in "xywh"] for k in range(N_PARTS)]
+    boxes = np.stack([rows[c].to_numpy(dtype=float) for c in cols], axis=1)
+    return rows, boxes
+
+
+def build_parts(settings: dict[str, Any], pretrained: str | None = None) -> PartNetworks:
+    return PartNetworks(settings["backbone"], pretrained or settings["pretrained"],
+                        settings["embedding_dim"], settings["num_classes"],
+                        settings["frozen_blocks"], N_PARTS, settings.get("discriminator_hidden", 256))
+
+
+@torch.no_grad()
+def cache_trunks(model: PartNetworks, crops: torch.Tensor, device: torch.device,
+                 batch: int = 64) -> torch.Tensor:
+    """(N, P, 3, S, S) uint8 crops -> (N, P, ...) float16 output of each part's frozen trunk."""
+    model.eval()
+    outs = []
+    for i in range(0, len(crops), batch):
+        x = to_float(crops[i:i + batch]).to(device)
+        outs.append(torch.stack([net.trunk(x[:, k]) for k, net in enumerate(model.parts)], 1).half().cpu())
+    return torch.cat(outs)
+
+
+def make_optimizer(params, config: dict[str, Any]):
+    if config["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config["lr_step"], gamma=config["lr_gamma"])
+    return opt, sched
+
+
+def stage1_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of stage 1."""
+    ctx = WorkerContext(config)
+    torch.manual_seed(config["seed"] + ctx.rank)
+    size = config["image_size"]
+
+    def load(split: str):
+        rows, boxes = part_rows(config["catalog"], config["localization"], split)
+        share = ctx.shard(len(rows))
+        rows, boxes = rows.iloc[share], boxes[share]
+        crops, failed = load_part_crops(rows["path"].tolist(), boxes, size)
+        if failed:
+            raise StageError(f"{len(failed)} catalogued images can no longer be read "
+                             f"(first: {rows['path'].iloc[failed[0]]})")
+        return crops, torch.tensor(rows["label"].to_numpy())
+
+    train_x, train_y = load("train")
+    val_x, val_y = load("val")
+    model = build_parts(config)
+    cached = config["frozen_blocks"] > 0
+    start_time = time.perf_counter()
+    if cached:
+        model.to(ctx.device)
+        train_x, val_x = cache_trunks(model, train_x, ctx.device), cache_trunks(model, val_x, ctx.device)
+    cache_seconds = time.perf_counter() - start_time
+    net = ctx.wrap(model)
+    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    start = 0
+    state = ctx.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["epoch"] + 1
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext())
+
+    def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
+        b, p = x.shape[:2]
+        x = x.float() if cached else to_float(x)
+        if train:  # the same flip for the three parts of one image would be wrong: flip each
+            x = augment(x.flatten(0, 1), gen, max_shift=0.0 if cached else 0.1).view(b, p, *x.shape[2:])
+        return x.to(ctx.device, non_blocking=True)
+
+    for epoch in range(start, config["epochs"]):
+        ctx.fail_once(epoch)
+        t0 = time.perf_counter()
+        net.train()
+        if cached:
+            for part in model.parts:
+                part.backbone.blocks[: part.frozen_blocks].eval()
+        sums = torch.zeros(6)
+        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
+            y = train_y[idx].to(ctx.device)
+            sets, shuffled = shuffled_sets(len(idx), gen)
+            with autocast:  # the discriminator runs inside forward, so DDP syncs its gradients too
+                emb, logits, disc = net(inputs(train_x[idx], True), cached=cached, sets=sets.to(ctx.device))
+                l_cls = sum(F.cross_entropy(logits[:, k].float(), y) for k in range(N_PARTS))
+                l_tri = sum(triplet_loss(emb[:, k].float(), y, config["margin"], config["mining"])
+                            for k in range(N_PARTS))
+                l_adv = adversarial_loss(disc.float(), shuffled.to(ctx.device))
+                loss = config["alpha"] * l_cls + config["beta"] * l_tri + config["gamma"] * l_adv
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            disc_acc = ((disc.detach() > 0).float() == shuffled.to(ctx.device)).float().mean().item()
+            sums += torch.tensor([loss.item(), l_cls.item(), l_tri.item(), l_adv.item(), disc_acc, 1.0])
+        sched.step()
+        sums = ctx.all_reduce(sums)
+        metrics = dict(zip(("loss", "cls", "triplet", "adv", "adv_accuracy"),
+                           (sums[:5] / sums[5].clamp_min(1)).tolist()))
+        metrics.update(_val_accuracy(model, val_x, val_y, inputs, cached, ctx))
+        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
+                        "cache_seconds": cache_seconds})
+        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
+                             "sched": sched.state_dict(), "epoch": epoch})
+    if ctx.is_main:
+        out = Path(config["output"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks", "image_size",
+                "discriminator_hidden")
+        torch.save({"model": model.state_dict(), "settings": {k: config[k] for k in keys}}, tmp)
+        tmp.replace(out)
+
+
+@torch.no_grad()
+def _val_accuracy(model, val_x, val_y, inputs, cached, ctx) -> dict[str, float]:
+    model.eval()
+    correct = torch.zeros(N_PARTS + 2)
+    for i in range(0, len(val_y), 128):
+        _, logits, _ = model(inputs(val_x[i:i + 128], False), cached=cached)
+        y = val_y[i:i + 128].to(ctx.device)
+        hits = [(logits[:, k].argmax(1) == y).sum().item() for k in range(N_PARTS)]
+        hits.append((logits.float().softmax(2).sum(1).argmax(1) == y).sum().item())
+        correct += torch.tensor(hits + [len(y)], dtype=torch.float32)
+    correct = ctx.all_reduce(correct)
+    n = correct[-1].clamp_min(1)
+    out = {f"val_acc_part{k + 1}": (100 * correct[k] / n).item() for k in range(N_PARTS)}
+    out["val_acc_parts_mean"] = (100 * correct[N_PARTS] / n).item()
+    return out
