@@ -125,19 +125,18 @@ def print_catalog_summary(catalog) -> None:
 FORCE = typer.Option(False, "--force", help="Redo this stage even if it is done.")
 
 NOT_BUILT = {
-    "train-final": "stage 3, the final classifiers (issue 6)",
-    "evaluate": "evaluation and the report (issue 6)",
-    "predict": "prediction with the fused classifiers (issue 6)",
     "sweep": "Ray Tune sweeps (issue 7)",
 }
+ALL_SECTIONS = ("data", "localize", "stage1", "stage2", "stage3", "run")
 
 
 @app.command()
-@with_config("data", "localize", "stage1", "stage2", "run")
+@with_config(*ALL_SECTIONS)
 def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
                                                        help="Redo every stage.")) -> None:
-    """Run every stage in one run directory, skipping those already done."""
+    """Run every stage in one run directory, skipping those already done; print the report."""
     from ghns.pipeline import STAGE_FUNCS, run_until
+    from ghns.rundir import RunDir
 
     last = list(STAGE_FUNCS)[-1]
     if force:
@@ -145,19 +144,47 @@ def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
             run_until(cfg, name, force=True)
     else:
         run_until(cfg, last)
-    from ghns.data import Catalog
+    run = RunDir(cfg.run_dir)
+    print_localization(run)
+    print_stage1(run)
+    print_generate(run)
+    print_report(run)
+
+
+@app.command("train-final")
+@with_config(*ALL_SECTIONS)
+def train_final(cfg: Config, force: bool = FORCE) -> None:
+    """Stage 3: parts classifier with hard negatives (quadruplet), original and object classifiers."""
+    import json
+
+    from ghns.pipeline import run_until
     from ghns.rundir import RunDir
 
-    print_catalog_summary(Catalog.read(RunDir(cfg.run_dir).catalog))
-    print_localization(RunDir(cfg.run_dir))
-    print_stage1(RunDir(cfg.run_dir))
-    print_generate(RunDir(cfg.run_dir))
-    missing = [NOT_BUILT[s] for s in ("train-final", "evaluate")]
-    typer.echo("not built yet, so not run: " + "; ".join(missing))
+    run_until(cfg, "stage3", force=force)
+    figures = json.loads(RunDir(cfg.run_dir).stage3_json.read_text())
+    for name, f in figures["models"].items():
+        typer.echo(f"  {name:<16} val top-1 {f['val_accuracy']}  ({f['epochs']} epochs, {f['seconds']} s)")
 
 
 @app.command()
-@with_config("data", "localize", "run")
+@with_config(*ALL_SECTIONS)
+def evaluate(cfg: Config, force: bool = FORCE) -> None:
+    """Scores on val and test, fusion weights chosen on val, report.json / report.md / figures."""
+    from ghns.pipeline import run_until
+    from ghns.rundir import RunDir
+
+    run_until(cfg, "evaluate", force=force)
+    print_report(RunDir(cfg.run_dir))
+
+
+def print_report(run) -> None:
+    if run.report_md.is_file():
+        typer.echo(run.report_md.read_text().rstrip())
+        typer.echo(f"(report: {run.report_json}, {run.report_md})")
+
+
+@app.command()
+@with_config(*ALL_SECTIONS)
 def localize(cfg: Config, force: bool = FORCE) -> None:
     """Object boxes and three part boxes per image, learned from class labels alone."""
     from ghns.pipeline import run_until
@@ -168,7 +195,7 @@ def localize(cfg: Config, force: bool = FORCE) -> None:
 
 
 @app.command("train-parts")
-@with_config("data", "localize", "stage1", "run")
+@with_config(*ALL_SECTIONS)
 def train_parts(cfg: Config, force: bool = FORCE) -> None:
     """Stage 1: three part networks (cls + triplet + adversarial), the embedding table, FilterNet."""
     from ghns.pipeline import run_until
@@ -179,7 +206,7 @@ def train_parts(cfg: Config, force: bool = FORCE) -> None:
 
 
 @app.command()
-@with_config("data", "localize", "stage1", "stage2", "run")
+@with_config(*ALL_SECTIONS)
 def generate(cfg: Config, force: bool = FORCE) -> None:
     """Stage 2: hard negatives by part shuffling, FAISS priority and FilterNet, per class."""
     from ghns.pipeline import run_until
@@ -255,15 +282,31 @@ def _not_built(name: str) -> Callable:
     return command
 
 
-for _name in ("train-final", "evaluate", "sweep"):
+for _name in ("sweep",):
     app.command(_name)(with_config("run")(_not_built(_name)))
 
 
 @app.command()
 def predict(images: list[str] = typer.Argument(..., help="Image files."),
-            run_dir: str = typer.Option("ghns-run", "--run-dir", help="Run directory.")) -> None:
-    """Top-5 class names with fused scores for each image."""
-    raise typer.Exit(_stop(f"'predict' is not built yet: {NOT_BUILT['predict']}", code=1))
+            run_dir: str = typer.Option("ghns-run", "--run-dir", help="A finished run directory."),
+            top: int = typer.Option(5, "--top", help="Classes to print per image.")) -> None:
+    """Top-5 class names with fused scores for each image (localize, three classifiers, fusion)."""
+    from ghns.predict import Predictor
+    from ghns.rundir import RunDir
+
+    predictor = Predictor(RunDir(run_dir))
+    failed = 0
+    for path in images:
+        result = predictor(path, top=top)
+        if result.error:
+            failed += 1
+            typer.echo(f"error: {result.error}", err=True)
+            continue
+        typer.echo(path)
+        for name, score in result.top:
+            typer.echo(f"  {score:.4f}  {name}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @show_app.command("parts")

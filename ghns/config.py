@@ -144,6 +144,29 @@ class Config:
                                             "to the part they replace: near-identical parts make "
                                             "false negatives. 1.0 = the paper (no limit).",
                                       low=-1.0, high=1.0, section="stage2")
+    # -- stage 3: final classifiers -------------------------------------------------------------
+    stage3_epochs: int = _opt(15, "Epochs of the original-image and object classifiers (they start "
+                                  "from the localizer's backbone).", low=1, section="stage3")
+    stage3_lr: float = _opt(0.01, "Initial learning rate of the image classifiers.", low=0.0,
+                            low_open=True, section="stage3")
+    lambda_image: float = _opt(0.8, "Weight of cls vs triplet in the original and object "
+                                    "classifiers (paper: 0.8).", low=0.0, high=1.0, section="stage3")
+    lambda_parts: float = _opt(0.75, "Weight of cls vs quadruplet in the parts classifier "
+                                     "(Eq. 10, paper: 0.75).", low=0.0, high=1.0, section="stage3")
+    quad_m1: float = _opt(0.4, "Quadruplet margin m1 (Eq. 9), > m2.", low=0.0, low_open=True,
+                          section="stage3")
+    quad_m2: float = _opt(0.2, "Quadruplet margin m2 (Eq. 9), > 0.", low=0.0, low_open=True,
+                          section="stage3")
+    parts_epochs: int = _opt(60, "Epochs of the parts classifier (on embeddings: cheap).", low=1,
+                             section="stage3")
+    parts_lr: float = _opt(0.05, "Initial learning rate of the parts classifier.", low=0.0,
+                           low_open=True, section="stage3")
+    parts_hidden: int = _opt(512, "Hidden units of the parts classifier's projection.", low=1,
+                             section="stage3")
+    seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
+                                 "one included); 1 disables the control.", low=1, section="stage3")
+    fusion_step: float = _opt(0.05, "Grid step of the fusion weights (a, b, c).", low=0.0,
+                              low_open=True, high=0.5, section="stage3")
     # -- run -------------------------------------------------------------------------------
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
@@ -160,6 +183,8 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        if self.quad_m1 <= self.quad_m2:
+            raise ConfigError(f"'quad_m1' must be > 'quad_m2' (Eq. 8), got {self.quad_m1} <= {self.quad_m2}")
         if self.root is not None:  # absolute, so workers and later commands elsewhere agree
             self.root = str(Path(self.root).expanduser().resolve())
 

@@ -47,22 +47,41 @@ def _generate(cfg, force: bool):
     return run_generate(cfg, force=force)
 
 
+def _stage3(cfg, force: bool):
+    from ghns.stage3.stage import run_stage3
+
+    return run_stage3(cfg, force=force)
+
+
+def _evaluate(cfg, force: bool):
+    from ghns.stage3.evaluate import run_evaluate
+
+    return run_evaluate(cfg, force=force)
+
+
 STAGE_FUNCS: dict[str, Callable[[Any, bool], Any]] = {
     "catalog": _catalog,
     "localize": _localize,
     "stage1": _stage1,
     "generate": _generate,
+    "stage3": _stage3,
+    "evaluate": _evaluate,
 }
 
 
 def run_until(cfg, stage: str, force: bool = False) -> Any:
     """Run every stage up to and including ``stage``; return the last stage's result."""
+    from ghns.rundir import fingerprint
+
     run = RunDir(cfg.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
+    chain = list(STAGE_FUNCS)[: list(STAGE_FUNCS).index(stage) + 1]
+    done = run.stages()
+    for name in chain:  # refuse changed settings before anything runs or is saved
+        if name in done and not (force and name == stage):
+            run.is_done(name, fingerprint(cfg, name))
+    cfg.to_yaml(run.config)
     result = None
-    for name, func in STAGE_FUNCS.items():
-        result = func(cfg, force and name == stage)
-        cfg.to_yaml(run.config)  # only settings that a stage accepted become the run's settings
-        if name == stage:
-            break
+    for name in chain:
+        result = STAGE_FUNCS[name](cfg, force and name == stage)
     return result

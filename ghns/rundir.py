@@ -17,12 +17,14 @@ from typing import Any, Iterator
 from ghns.errors import StageError
 
 # Stages in pipeline order, with the config sections each one depends on (its own and upstream).
-STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")
+STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")  # pipeline order
 STAGE_SECTIONS = {
     "catalog": ("data",),
     "localize": ("data", "localize"),
     "stage1": ("data", "localize", "stage1"),
     "generate": ("data", "localize", "stage1", "stage2"),
+    "stage3": ("data", "localize", "stage1", "stage2", "stage3"),
+    "evaluate": ("data", "localize", "stage1", "stage2", "stage3"),
 }
 
 
@@ -70,6 +72,26 @@ class RunDir:
     @property
     def generate_json(self) -> Path:
         return self.path / "generate.json"
+
+    @property
+    def stage3(self) -> Path:
+        return self.path / "stage3"
+
+    @property
+    def stage3_json(self) -> Path:
+        return self.path / "stage3.json"
+
+    @property
+    def scores(self) -> Path:
+        return self.path / "scores"
+
+    @property
+    def report_json(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / "report.md"
 
     @property
     def figures(self) -> Path:

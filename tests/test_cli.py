@@ -23,7 +23,7 @@ def test_help_lists_every_command(cli):
         assert f"  {name} " in out
 
 
-NON_CONFIG = {"config", "force", "help", "rows", "out"}  # command switches, not run settings
+NON_CONFIG = {"config", "force", "help", "rows", "out", "top"}  # command switches, not run settings
 
 
 def test_every_config_flag_is_a_config_key():
@@ -93,24 +93,25 @@ def test_malformed_label_file_exit_2(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_what_exists_and_skips_done_stages(cli, ray_session, tmp_path):
+def test_stage_commands_skip_done_stages_and_refuse_changed_settings(cli, ray_session, tmp_path):
     run = tmp_path / "run"
-    args = ["pipeline", "--run-dir", run, *TINY_SYNTHETIC]
+    args = ["localize", "--run-dir", run, *TINY_SYNTHETIC]
     code, out, err = cli(*args)
     assert code == 0, err
     assert (run / "catalog.parquet").is_file() and (run / "config.yaml").is_file()
     assert (run / "localization.parquet").is_file()
-    assert "not built yet" in out
     code, out, err = cli(*args)
     assert code == 0 and "catalog: done already" in err and "localize: done already" in err
-    code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5")
+    code, out, err = cli("localize", "--run-dir", run, "--seed", "5")
     assert code == 2 and "already holds stage 'catalog' run with other settings (seed: 0 -> 5)" in err
     code, out, err = cli("localize", "--run-dir", run, "--cam-threshold", "0.5")
     assert code == 2 and "stage 'localize' run with other settings (cam_threshold: 0.2 -> 0.5)" in err
-    code, out, err = cli("pipeline", "--run-dir", run, "--seed", "5", "--force")
-    assert code == 0, err
     saved = Config.from_yaml(run / "config.yaml")
-    assert saved.seed == 5 and saved.synthetic_classes == 4  # the rest kept from the run
+    assert saved.seed == 0 and saved.cam_threshold == 0.2  # refused settings were not saved
+    code, out, err = cli("localize", "--run-dir", run, "--cam-threshold", "0.5", "--force")
+    assert code == 0, err
+    assert Config.from_yaml(run / "config.yaml").cam_threshold == 0.5
+    assert Config.from_yaml(run / "config.yaml").synthetic_classes == 4  # the rest kept from the run
 
 
 def test_console_script_exit_code(tmp_path):

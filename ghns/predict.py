@@ -1,0 +1,111 @@
+"""Prediction for new images with a finished run: localize, three classifiers, fused (Eq. 11).
+
+In-process torch (a few images do not need a cluster). An image that cannot be read is reported
+on its own line and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ghns.data.catalog import Catalog
+from ghns.data.images import BadImage, load_rgb
+from ghns.data.tensors import crop_resize, to_float
+from ghns.errors import StageError
+from ghns.localize.boxes import box_around, box_from_map, mass_centre, scale_box
+from ghns.rundir import RunDir
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] | None = None
+    error: str | None = None
+
+
+class Predictor:
+    def __init__(self, run: RunDir) -> None:
+        from ghns.config import Config
+        from ghns.localize.train import build_localizer
+        from ghns.stage1.train import build_parts
+        from ghns.stage3.train import build_image_classifier
+
+        if not run.report_json.is_file():
+            raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
+        self.cfg = Config.from_yaml(run.config)
+        if self.cfg.object_method == "oracle" or self.cfg.part_method == "oracle":
+            raise StageError("this run used oracle boxes, which new images do not have; predict needs "
+                             "a run with --object-method parts|cam and --part-method learned")
+        self.classes = Catalog.read(run.catalog).classes
+        self.weights = json.loads(run.report_json.read_text())["fusion_weights"]
+
+        def load(path, build):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            model = build(state["settings"], pretrained="none")
+            model.load_state_dict(state["model"])
+            return model.eval(), state["settings"]
+
+        self.localizer, self.loc_settings = load(run.path / "localize" / "model.pt", build_localizer)
+        self.parts, self.part_settings = load(run.part_networks, build_parts)
+        self.original, self.orig_settings = load(run.stage3 / "original.pt", build_image_classifier)
+        self.object, self.obj_settings = load(run.stage3 / "object.pt", build_image_classifier)
+        from ghns.models.classifiers import PartsClassifier
+
+        state = torch.load(run.stage3 / "parts.pt", map_location="cpu", weights_only=False)
+        s = state["settings"]
+        self.parts_classifier = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"],
+                                                s["num_classes"], s["hidden"])
+        self.parts_classifier.load_state_dict(state["model"])
+        self.parts_classifier.eval()
+
+    @torch.no_grad()
+    def boxes(self, img) -> tuple[tuple, list[tuple]]:
+        """Object box and three part boxes of one image, in its pixels (as the localize stage)."""
+        size = self.loc_settings["image_size"]
+        x = to_float(torch.from_numpy(crop_resize(img, size)).permute(2, 0, 1)[None])
+        out = self.localizer(x)
+        assign = torch.nn.functional.interpolate(out["assign"], size=(size, size), mode="bilinear",
+                                                 align_corners=False)[0].numpy()
+        sx, sy = img.width / size, img.height / size
+        if self.cfg.object_method == "cam":
+            pred = out["cam_logits"].argmax(1)
+            cam = torch.nn.functional.interpolate(self.localizer.cam(out["features"], pred)[:, None],
+                                                  size=(size, size), mode="bilinear",
+                                                  align_corners=False)[0, 0].numpy()
+            box, _ = box_from_map(cam, self.cfg.cam_threshold, mode="largest")
+        else:
+            box, _ = box_from_map(1.0 - assign[-1], self.cfg.foreground_threshold, mode="union")
+        obj = scale_box(box, sx, sy)
+        side = self.cfg.part_box_scale * max(obj[2], obj[3])
+        parts = []
+        for k in range(assign.shape[0] - 1):
+            cx, cy = mass_centre(assign[k])
+            parts.append(box_around((cx * sx, cy * sy), side, (img.height, img.width)))
+        return obj, parts
+
+    @torch.no_grad()
+    def __call__(self, path: str, top: int = 5) -> Prediction:
+        try:
+            img = load_rgb(path)
+        except BadImage as exc:
+            return Prediction(path, error=str(exc))
+        obj, parts = self.boxes(img)
+
+        def probs(model, settings, box=None):
+            x = torch.from_numpy(crop_resize(img, settings["image_size"], box)).permute(2, 0, 1)[None]
+            return model(to_float(x))[1].softmax(1)[0].numpy()
+
+        p_orig = probs(self.original, self.orig_settings)
+        p_obj = probs(self.object, self.obj_settings, obj)
+        size = self.part_settings["image_size"]
+        crops = torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
+        emb, _, _ = self.parts(to_float(crops)[None])
+        p_parts = self.parts_classifier(emb.reshape(1, -1))[1].softmax(1)[0].numpy()
+        a, b, c = self.weights
+        fused = a * p_orig + b * p_obj + c * p_parts
+        order = np.argsort(-fused, kind="stable")[:top]
+        return Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])

@@ -1,0 +1,212 @@
+"""The evaluate stage: per-classifier scores on val and test (cached in ``scores/``), fusion
+weights chosen on val, and the report (``report.json``, ``report.md``, ``figures/``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ghns.data.catalog import Catalog
+from ghns.data.tensors import load_resized, to_float
+from ghns.errors import StageError
+from ghns.fusion import confused_pairs, fuse, search_weights, topk_accuracy
+from ghns.rundir import RunDir, fingerprint
+
+log = logging.getLogger(__name__)
+IMAGE_MODELS = ("original", "object")
+
+
+class ScoreActor:
+    """Ray Data actor: the image classifiers loaded once; softmax scores per image out."""
+
+    def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
+        from ghns.stage3.train import build_image_classifier
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+        self.models = {}
+        for name, path in models.items():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            model = build_image_classifier(state["settings"], pretrained="none")
+            model.load_state_dict(state["model"])
+            self.models[name] = (model.to(self.device).eval(), state["settings"])
+
+    @torch.no_grad()
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch[["_order", "image_id"]].copy()
+        for name, (model, settings) in self.models.items():
+            boxes = None
+            if settings["crop"] == "object":
+                boxes = [tuple(r) for r in batch[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
+            images = load_resized(batch["path"].tolist(), settings["image_size"], boxes).images
+            _, logits = model(to_float(images).to(self.device))
+            out[name] = list(logits.float().softmax(1).cpu().numpy())
+        return out
+
+
+def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
+    from ghns.models.classifiers import PartsClassifier
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    s = state["settings"]
+    model = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"], s["num_classes"], s["hidden"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(embeddings.reshape(len(embeddings), -1)))[1].softmax(1).numpy()
+
+
+def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached."""
+    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
+    from ghns.stage1.table import read_embeddings
+    from ghns.stage3.stage import model_names
+
+    names = model_names(cfg)
+    image_models = {n: str((run.stage3 / f"{n}.pt").resolve()) for n in names if not n.startswith("parts")}
+    loc = pd.read_parquet(run.localization)
+    rows = catalog.table[catalog.table["split"].isin(["val", "test"])][["image_id", "path", "split", "label"]]
+    rows = rows.merge(loc[["image_id"] + [f"obj_{c}" for c in "xywh"]], on="image_id", how="left")
+    scored = map_batches_pandas(rows, ScoreActor, {"models": image_models, "device": resolve_device(cfg),
+                                                   "threads": torch_threads_for(cfg.actors)},
+                                cfg, actors=cfg.actors, batch_size=cfg.batch_size)
+    meta, emb = read_embeddings(run.embeddings)
+    index = {int(i): k for k, i in enumerate(meta["image_id"])}
+    out = {}
+    run.scores.mkdir(parents=True, exist_ok=True)
+    for split in ("val", "test"):
+        mask = (rows["split"] == split).to_numpy()
+        ids = rows["image_id"].to_numpy()[mask]
+        data = {"image_id": ids, "label": rows["label"].to_numpy()[mask]}
+        for n in image_models:
+            data[n] = np.stack(scored[n].to_numpy()[mask])
+        part_emb = emb[[index[int(i)] for i in ids]]
+        for n in names:
+            if n.startswith("parts"):
+                data[n] = parts_scores(run.stage3 / f"{n}.pt", part_emb)
+        np.savez_compressed(run.scores / f"{split}.npz", **data)
+        out[split] = data
+    return out
+
+
+def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    val, test = scores["val"], scores["test"]
+    step = cfg.fusion_step
+
+    def single(name: str) -> dict[str, float]:
+        return {f"top{k}": round(topk_accuracy(test[name], test["label"], k), 2) for k in (1, 3, 5)} | {
+            "val_top1": round(topk_accuracy(val[name], val["label"]), 2)}
+
+    def fused(names: tuple[str, ...]) -> dict[str, Any]:
+        weights, val_acc = search_weights([val[n] for n in names], val["label"], step)
+        f = fuse([test[n] for n in names], weights)
+        return {"weights": list(weights), "val_top1": round(val_acc, 2),
+                **{f"top{k}": round(topk_accuracy(f, test["label"], k), 2) for k in (1, 3, 5)}}
+
+    main = ("original", "object", "parts")
+    rows = {n: single(n) for n in ("original", "object", "parts", "parts_noneg")}
+    full = fused(main)
+    table6 = {"original": rows["original"], "object": rows["object"], "parts": rows["parts"],
+              "original + object": fused(("original", "object")),
+              "original + parts": fused(("original", "parts")),
+              "object + parts": fused(("object", "parts")),
+              "original + object + parts": full}
+    report: dict[str, Any] = {
+        "dataset": catalog.dataset, "backbone": cfg.resolved_backbone(),
+        "test_images": int(len(test["label"])), "val_images": int(len(val["label"])),
+        "accuracy": {"original": rows["original"]["top1"], "object": rows["object"]["top1"],
+                     "parts": rows["parts"]["top1"], "fused": full["top1"],
+                     "fused_without_negatives": fused(("original", "object", "parts_noneg"))["top1"]},
+        "top3": {"fused": full["top3"]}, "top5": {"fused": full["top5"]},
+        "fusion_weights": full["weights"], "table6": table6,
+        "parts_without_negatives": rows["parts_noneg"],
+    }
+    ensemble = [n for n in scores["test"] if n.startswith("original_seed")]
+    if ensemble:
+        members = ("original", *sorted(ensemble))
+        report["seed_ensemble"] = {"members": len(members), **fused(members),
+                                   "member_top1": [single(n)["top1"] for n in members]}
+        report["accuracy"]["seed_ensemble"] = report["seed_ensemble"]["top1"]
+    report["confused_pairs"] = confused_pairs(fuse([test[n] for n in main], full["weights"]),
+                                              test["label"], catalog.classes)
+    report["seconds"] = stage_seconds(run)
+    if run.generate_json.is_file():
+        gen = json.loads(run.generate_json.read_text())
+        report["hard_negatives"] = {"kept": gen["kept"], "per_class": gen["per_class"],
+                                    "tau": gen["settings"]["tau"], "pass_rate": gen["pass_rate"]}
+    return report
+
+
+def stage_seconds(run: RunDir) -> dict[str, float]:
+    from ghns.rundir import STAGES
+
+    stages = run.stages()
+    return {name: stages[name].get("seconds") for name in STAGES if name in stages}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    acc = report["accuracy"]
+    lines = [f"# GHNS report: {report['dataset']}, {report['backbone']}", "",
+             f"Test top-1 (%) on {report['test_images']} images; every choice made on "
+             f"{report['val_images']} validation images.", "",
+             "| classifier | test top-1 | test top-3 | test top-5 | val top-1 | fusion weights |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in report["table6"].items():
+        w = ", ".join(f"{x:g}" for x in row.get("weights", [])) or "-"
+        lines.append(f"| {name} | {row['top1']} | {row['top3']} | {row['top5']} | {row['val_top1']} | {w} |")
+    lines += ["", f"- fused without hard negatives (parts classifier without the n+ term): "
+                  f"**{acc['fused_without_negatives']}**"]
+    if "seed_ensemble" in report:
+        se = report["seed_ensemble"]
+        lines.append(f"- seed-ensemble control ({se['members']} original-image classifiers, fused the "
+                     f"same way): **{se['top1']}** (members {se['member_top1']})")
+    lines += [f"- fusion weights (original, object, parts), chosen on val: {report['fusion_weights']}", ""]
+    if report.get("confused_pairs"):
+        lines += ["Most confused class pairs (fused, test):", ""]
+        lines += [f"- {p['classes'][0]} / {p['classes'][1]}: {p['errors']}" for p in report["confused_pairs"]]
+    lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def confusion_figure(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = report.get("confused_pairs") or []
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(3, len(pairs)) + 1))
+    ax.barh([f"{p['classes'][0]} / {p['classes'][1]}" for p in pairs][::-1],
+            [p["errors"] for p in pairs][::-1], color="#c44")
+    ax.set_xlabel("test errors between the two classes (fused)")
+    ax.set_title("Most confused class pairs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_evaluate(cfg, force: bool = False) -> dict[str, Any]:
+    run = RunDir(cfg.run_dir)
+    if not run.stage3_json.is_file():
+        raise StageError(f"{run.stage3_json} is missing: run 'ghns train-final' first")
+    fp = fingerprint(cfg, "evaluate")
+    if run.report_json.is_file() and run.is_done("evaluate", fp, force):
+        log.info("evaluate: done already (%s)", run.report_json)
+        return json.loads(run.report_json.read_text())
+    catalog = Catalog.read(run.catalog)
+    with run.stage("evaluate", fp):
+        scores = compute_scores(cfg, run, catalog)
+        report = build_report(cfg, run, catalog, scores)
+    report["seconds"] = stage_seconds(run)
+    run.report_json.write_text(json.dumps(report, indent=2))
+    run.report_md.write_text(render_markdown(report))
+    confusion_figure(report, run.figures / "confused_pairs.png")
+    return report

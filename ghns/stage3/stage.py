@@ -1,0 +1,95 @@
+"""The train-final stage: every stage-3 model through Ray Train, each skipped when its file
+exists (an interrupted stage resumes model by model, and a model's run resumes from its last
+checkpoint).
+
+Models (``<run_dir>/stage3/``): ``original.pt``, ``object.pt``, ``parts.pt`` (with generated hard
+negatives), ``parts_noneg.pt`` (the same without the n+ term, for ``fused_without_negatives``) and
+``original_seed{1..}.pt`` (extra original-image classifiers with other seeds: the seed-ensemble
+control, which separates the gain of the method from the gain of fusing several networks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from typing import Any
+
+from ghns.data.catalog import Catalog
+from ghns.errors import StageError
+from ghns.localize.train import frozen_blocks_for
+from ghns.rundir import RunDir, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def model_names(cfg) -> list[str]:
+    return ["original", "object", "parts", "parts_noneg"] + [
+        f"original_seed{s}" for s in range(1, cfg.seed_ensemble)]
+
+
+def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
+    run = RunDir(cfg.run_dir)
+    if not run.generate_json.is_file():
+        raise StageError(f"{run.generate_json} is missing: run 'ghns generate' first")
+    fp = fingerprint(cfg, "stage3")
+    if run.stage3_json.is_file() and run.is_done("stage3", fp, force):
+        log.info("train-final: done already (%s)", run.stage3_json)
+        return json.loads(run.stage3_json.read_text())
+    if force:
+        shutil.rmtree(run.stage3, ignore_errors=True)
+        for name in model_names(cfg):
+            shutil.rmtree(run.path / "ray" / f"stage3_{name}", ignore_errors=True)
+    catalog = Catalog.read(run.catalog)
+    figures: dict[str, Any] = {"models": {}}
+    with run.stage("stage3", fp) as record:
+        for name in model_names(cfg):
+            figures["models"][name] = _train(cfg, run, catalog, name)
+        record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
+        run.stage3_json.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
+    from ghns.raykit import torch_threads_for
+    from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
+    from ghns.train.runner import fit
+
+    out = run.stage3 / f"{name}.pt"
+    history_file = run.stage3 / f"{name}.history.json"
+    if out.is_file() and history_file.is_file():
+        log.info("train-final: %s done already", name)
+    else:
+        common = {"num_classes": len(catalog.classes), "output": str(out.resolve()),
+                  "history_file": str(history_file.resolve()), "optimizer": cfg.optimizer,
+                  "weight_decay": cfg.weight_decay, "lr_step": cfg.lr_step_epochs,
+                  "lr_gamma": cfg.lr_gamma, "batch_classes": cfg.batch_classes,
+                  "batch_images": cfg.batch_images, "torch_threads": torch_threads_for(cfg.workers)}
+        if name.startswith("parts"):
+            loop = parts_classifier_loop
+            config = {**common, "embeddings": str(run.embeddings.resolve()),
+                      "negatives": str(run.negatives.resolve()), "use_negatives": name == "parts",
+                      "embedding_dim": cfg.embedding_dim, "hidden": cfg.parts_hidden,
+                      "lam": cfg.lambda_parts, "m1": cfg.quad_m1, "m2": cfg.quad_m2,
+                      "epochs": cfg.parts_epochs, "lr": cfg.parts_lr, "seed": cfg.seed}
+        else:
+            backbone = cfg.resolved_backbone()
+            seed = cfg.seed + (int(name.split("seed")[1]) if "seed" in name else 0)
+            localizer = run.path / "localize" / "model.pt"
+            config = {**common, "catalog": str(run.catalog.resolve()),
+                      "localization": str(run.localization.resolve()),
+                      "crop": "object" if name == "object" else "whole",
+                      "image_size": cfg.resolved_localize_size(), "backbone": backbone,
+                      "pretrained": cfg.pretrained,
+                      "init_from": str(localizer.resolve()) if localizer.is_file() else None,
+                      "frozen_blocks": frozen_blocks_for(backbone, cfg.pretrained, cfg.trainable_blocks,
+                                                         pretrained_default=1),
+                      "embedding_dim": cfg.embedding_dim, "lam": cfg.lambda_image,
+                      "margin": cfg.triplet_margin, "mining": cfg.triplet_mining,
+                      "epochs": cfg.stage3_epochs, "lr": cfg.stage3_lr, "seed": seed}
+            loop = image_classifier_loop
+        fit(loop, config, cfg, name=f"stage3_{name}")
+    history = json.loads(history_file.read_text())
+    last = history[-1] if history else {}
+    return {"val_accuracy": round(last.get("val_acc", float("nan")), 2), "epochs": len(history),
+            "seconds": round(sum(h.get("epoch_seconds", 0.0) for h in history), 1)}

@@ -1,0 +1,257 @@
+"""Stage 3 training loops, run by the same Ray Train runner as stages 1 and the localizer.
+
+* ``image_classifier_loop``: the original-image classifier (whole images) and the object
+  classifier (CAM/foreground object crops): ``lam * L_cls + (1 - lam) * L_triplet`` (paper:
+  lam = 0.8 for both). The backbone starts from the localizer's weights (a whole-image classifier
+  already trained on the same train split) and trains ``trainable_blocks`` blocks.
+* ``parts_classifier_loop``: ``lam_p * L_cls + (1 - lam_p) * L_quad`` (Eq. 10) on the stage-1
+  part embeddings; quadruplets (r, p, n+, n) take p and n as the hardest positive and negative of
+  r in the batch and n+ as a generated hard negative of r's class (one made from r when the bank
+  has one). With ``use_negatives=False`` the n+ term is removed: a triplet (r, p, n) with margin m1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from ghns.data.catalog import Catalog
+from ghns.data.tensors import augment, load_images, to_float
+from ghns.losses import quadruplet_loss, triplet_loss
+from ghns.models.backbones import create_backbone
+from ghns.models.classifiers import ImageClassifier, PartsClassifier
+from ghns.sampling import pk_batches
+from ghns.stage1.train import make_optimizer
+from ghns.train.runner import WorkerContext
+
+
+# -- original-image and object classifiers ------------------------------------------------------
+
+def build_image_classifier(settings: dict[str, Any], pretrained: str | None = None) -> ImageClassifier:
+    backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
+    return ImageClassifier(backbone, settings["embedding_dim"], settings["num_classes"],
+                           settings["frozen_blocks"])
+
+
+def split_images(config: dict[str, Any], split: str, ctx: WorkerContext | None = None):
+    """This worker's share of ``split``: images (whole or object crops) and labels."""
+    catalog = Catalog.read(config["catalog"])
+    rows = catalog.split(split)
+    if ctx is not None:
+        rows = rows.iloc[ctx.shard(len(rows))]
+    boxes = None
+    if config["crop"] == "object":
+        loc = pd.read_parquet(config["localization"]).set_index("image_id")
+        boxes = [tuple(loc.loc[i, [f"obj_{c}" for c in "xywh"]]) for i in rows["image_id"]]
+    return load_images(rows, config["image_size"], boxes), torch.tensor(rows["label"].to_numpy())
+
+
+def image_classifier_loop(config: dict[str, Any]) -> None:
+    ctx = WorkerContext(config)
+    torch.manual_seed(config["seed"] + ctx.rank)
+    train_x, train_y = split_images(config, "train", ctx)
+    val_x, val_y = split_images(config, "val", ctx)
+    model = build_image_classifier(config)
+    if config.get("init_from"):
+        state = torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"]
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.backbone.load_state_dict(backbone)
+    cached = model.frozen_blocks > 0
+    if cached:
+        model.to(ctx.device).eval()
+        with torch.no_grad():
+            train_x = torch.cat([model.trunk(to_float(train_x[i:i + 64]).to(ctx.device)).half().cpu()
+                                 for i in range(0, len(train_x), 64)])
+            val_x = torch.cat([model.trunk(to_float(val_x[i:i + 64]).to(ctx.device)).half().cpu()
+                               for i in range(0, len(val_x), 64)]) if len(val_x) else val_x
+    net = ctx.wrap(model)
+    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    start = _restore(ctx, model, opt, sched)
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
+    lam = config["lam"]
+
+    def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float() if cached else to_float(x)
+        if train:
+            x = augment(x, gen, max_shift=0.0 if cached else 0.1)
+        return x.to(ctx.device, non_blocking=True)
+
+    for epoch in range(start, config["epochs"]):
+        ctx.fail_once(epoch)
+        t0 = time.perf_counter()
+        net.train()
+        if cached:
+            model.backbone.blocks[: model.frozen_blocks].eval()
+        sums = torch.zeros(4)
+        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
+            y = train_y[idx].to(ctx.device)
+            with autocast:
+                emb, logits = net(inputs(train_x[idx], True), cached=cached)
+                l_cls = F.cross_entropy(logits.float(), y)
+                l_tri = triplet_loss(emb.float(), y, config["margin"], config["mining"])
+                loss = lam * l_cls + (1 - lam) * l_tri
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.tensor([loss.item(), l_cls.item(), l_tri.item(), 1.0])
+        sched.step()
+        sums = ctx.all_reduce(sums)
+        metrics = dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
+        model.eval()
+        metrics["val_acc"] = _accuracy(lambda x: model(inputs(x, False), cached=cached)[1], val_x, val_y, ctx)
+        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
+        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
+                             "sched": sched.state_dict(), "epoch": epoch})
+    if ctx.is_main:
+        keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks",
+                "image_size", "crop")
+        _save(config["output"], model, {k: config[k] for k in keys})
+
+
+# -- parts classifier ------------------------------------------------------------------------
+
+def parts_classifier_loop(config: dict[str, Any]) -> None:
+    from ghns.stage1.table import read_embeddings
+    from ghns.stage2.bank import read_bank
+
+    ctx = WorkerContext(config)
+    torch.manual_seed(config["seed"] + ctx.rank)
+    meta, emb = read_embeddings(Path(config["embeddings"]))
+    flat = torch.from_numpy(emb.reshape(len(emb), -1))
+    train = np.nonzero((meta["split"] == "train").to_numpy())[0]
+    train = train[ctx.shard(len(train))]
+    val = np.nonzero((meta["split"] == "val").to_numpy())[0]
+    train_x, train_y = flat[train], torch.from_numpy(meta["label"].to_numpy()[train])
+    val_x, val_y = flat[val], torch.from_numpy(meta["label"].to_numpy()[val])
+    ids = meta["image_id"].to_numpy()[train]
+
+    bank_x = torch.zeros(0, flat.shape[1])
+    by_class: dict[int, np.ndarray] = {}
+    by_ref: dict[int, np.ndarray] = {}
+    if config["use_negatives"]:
+        bank, bank_emb = read_bank(Path(config["negatives"]))
+        if not bank.empty:
+            bank_x = torch.from_numpy(bank_emb)
+            for c, rows in bank.groupby("class").indices.items():
+                by_class[int(c)] = rows
+            for r, rows in bank.groupby("ref_image").indices.items():
+                by_ref[int(r)] = rows
+    model = PartsClassifier(emb.shape[1], emb.shape[2], config["embedding_dim"], config["num_classes"],
+                            config["hidden"])
+    net = ctx.wrap(model)
+    opt, sched = make_optimizer(list(model.parameters()), config)
+    start = _restore(ctx, model, opt, sched)
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
+    rng = np.random.default_rng(config["seed"] * 1000 + ctx.rank + 17 * start)
+    lam, m1, m2 = config["lam"], config["m1"], config["m2"]
+
+    def negatives_for(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(anchor positions with an n+, bank rows of their n+)."""
+        pos, rows = [], []
+        for i, b in enumerate(batch):
+            own = by_ref.get(int(ids[b]))
+            pool = own if own is not None else by_class.get(int(train_y[b]))
+            if pool is not None and len(pool):
+                pos.append(i)
+                rows.append(int(pool[rng.integers(len(pool))]))
+        return np.asarray(pos, np.int64), np.asarray(rows, np.int64)
+
+    for epoch in range(start, config["epochs"]):
+        ctx.fail_once(epoch)
+        t0 = time.perf_counter()
+        net.train()
+        sums = torch.zeros(4)
+        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
+            idx_np = idx.numpy()
+            y = train_y[idx].to(ctx.device)
+            pos, rows = negatives_for(idx_np)
+            x = train_x[idx]
+            if len(rows):
+                x = torch.cat([x, bank_x[rows]])
+            f, logits = net(x.to(ctx.device))
+            f_real, logits = f[: len(idx)], logits[: len(idx)]
+            l_cls = F.cross_entropy(logits, y)
+            p_idx, n_idx = _hardest(f_real, y)
+            has = torch.zeros(len(idx), dtype=torch.bool)
+            has[torch.from_numpy(pos)] = True
+            terms = []
+            if len(rows):
+                a = torch.from_numpy(pos).to(ctx.device)
+                terms.append(quadruplet_loss(f_real[a], f_real[p_idx[a]], f[len(idx):], f_real[n_idx[a]],
+                                             m1, m2) * len(rows))
+            rest = torch.nonzero(~has).flatten().to(ctx.device)
+            if len(rest):
+                d_ap = (f_real[rest] - f_real[p_idx[rest]]).pow(2).sum(1)
+                d_an = (f_real[rest] - f_real[n_idx[rest]]).pow(2).sum(1)
+                terms.append((0.5 * torch.relu(d_ap - d_an + m1)).sum())
+            l_metric = sum(terms) / len(idx)
+            loss = lam * l_cls + (1 - lam) * l_metric
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric), 1.0])
+        sched.step()
+        sums = ctx.all_reduce(sums)
+        metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
+        model.eval()
+        metrics["val_acc"] = _accuracy(lambda x: model(x.to(ctx.device))[1], val_x, val_y, ctx)
+        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
+                        "bank_size": len(bank_x)})
+        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
+                             "sched": sched.state_dict(), "epoch": epoch})
+    if ctx.is_main:
+        settings = {"n_parts": emb.shape[1], "part_dim": emb.shape[2], "embedding_dim": config["embedding_dim"],
+                    "num_classes": config["num_classes"], "hidden": config["hidden"]}
+        _save(config["output"], model, settings)
+
+
+def _hardest(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor, the index of its farthest same-class and nearest other-class row (itself /
+    its farthest row when the batch has none)."""
+    d = torch.cdist(f, f).pow(2).detach()
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
+    pos = torch.where(same & ~eye, d, torch.full_like(d, -1.0)).argmax(1)
+    pos = torch.where((same & ~eye).any(1), pos, torch.arange(len(y), device=y.device))
+    neg = torch.where(~same, d, torch.full_like(d, float("inf"))).argmin(1)
+    neg = torch.where((~same).any(1), neg, d.argmax(1))
+    return pos, neg
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+def _restore(ctx: WorkerContext, model, opt, sched) -> int:
+    state = ctx.restore()
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state["epoch"] + 1
+
+
+@torch.no_grad()
+def _accuracy(predict, x: torch.Tensor, y: torch.Tensor, ctx: WorkerContext) -> float:
+    correct = torch.zeros(2)
+    for i in range(0, len(y), 256):
+        logits = predict(x[i:i + 256])
+        correct += torch.tensor([(logits.argmax(1).cpu() == y[i:i + 256]).sum().item(), len(y[i:i + 256])],
+                                dtype=torch.float32)
+    correct = ctx.all_reduce(correct)
+    return (100 * correct[0] / correct[1].clamp_min(1)).item()
+
+
+def _save(path: str, model, settings: dict[str, Any]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"model": model.state_dict(), "settings": settings}, tmp)
+    tmp.replace(out)

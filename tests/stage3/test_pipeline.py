@@ -1,0 +1,70 @@
+"""The whole pipeline on a tiny synthetic run: report keys, resumption after an interrupted
+stage, predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TINY_SYNTHETIC
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_session):
+    from ghns.cli import main
+
+    run = tmp_path_factory.mktemp("pipe") / "run"
+    try:
+        main(["pipeline", "--run-dir", str(run), *TINY_SYNTHETIC])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    return run
+
+
+def test_report_has_the_contract_keys(finished):
+    report = json.loads((finished / "report.json").read_text())
+    assert {"dataset", "backbone", "accuracy", "fusion_weights", "seconds"} <= set(report)
+    assert {"original", "object", "parts", "fused", "fused_without_negatives",
+            "seed_ensemble"} <= set(report["accuracy"])
+    assert len(report["fusion_weights"]) == 3 and abs(sum(report["fusion_weights"]) - 1) < 1e-9
+    assert list(report["seconds"]) == ["catalog", "localize", "stage1", "generate", "stage3", "evaluate"]
+    assert set(report["table6"]) >= {"original + parts", "original + object + parts"}
+    assert (finished / "report.md").read_text().startswith("# GHNS report: synthetic")
+    assert (finished / "figures" / "confused_pairs.png").is_file()
+    for split in ("val", "test"):
+        assert (finished / "scores" / f"{split}.npz").is_file()
+
+
+def test_pipeline_resumes_an_interrupted_stage(cli, finished):
+    stage3 = finished / "stage3"
+    kept = stage3 / "original.pt"
+    kept_mtime = kept.stat().st_mtime_ns
+    (stage3 / "object.pt").unlink()  # as if train-final stopped after the original classifier
+    stages = json.loads((finished / "stages.json").read_text())
+    for name in ("stage3", "evaluate"):
+        stages.pop(name)
+    (finished / "stages.json").write_text(json.dumps(stages))
+    code, out, err = cli("pipeline", "--run-dir", finished)
+    assert code == 0, err
+    assert "localize: done already" in err and "generate: done already" in err
+    assert "train-final: original done already" in err
+    assert kept.stat().st_mtime_ns == kept_mtime and (stage3 / "object.pt").is_file()
+    assert "# GHNS report" in out
+
+
+def test_predict_prints_top_classes_and_reports_bad_images(cli, finished, tmp_path):
+    from ghns.data.catalog import Catalog
+
+    images = Catalog.read(finished / "catalog.parquet").split("test")["path"].iloc[:2].tolist()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    code, out, err = cli("predict", "--run-dir", finished, images[0], bad, images[1])
+    assert code == 1
+    assert err.strip().splitlines() == [f"error: {bad}: unreadable: cannot identify image file '{bad}'"]
+    for path in images:
+        assert path in out
+    scores = [float(line.split()[0]) for line in out.splitlines() if line.startswith("  ")]
+    assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)  # 4 classes x 2 images
