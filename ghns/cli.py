@@ -124,10 +124,7 @@ def print_catalog_summary(catalog) -> None:
 
 FORCE = typer.Option(False, "--force", help="Redo this stage even if it is done.")
 
-NOT_BUILT = {
-    "sweep": "Ray Tune sweeps (issue 7)",
-}
-ALL_SECTIONS = ("data", "localize", "stage1", "stage2", "stage3", "run")
+ALL_SECTIONS = ("data", "localize", "stage1", "stage2", "stage3", "evaluate", "run")
 
 
 @app.command()
@@ -274,16 +271,29 @@ def print_localization(run) -> None:
         typer.echo(f"  empty or flat maps (whole-image boxes): {figures['degenerate_maps']}")
 
 
-def _not_built(name: str) -> Callable:
-    def command(cfg: Config) -> None:
-        raise typer.Exit(_stop(f"'{name}' is not built yet: {NOT_BUILT[name]}", code=1))
+@app.command()
+@with_config(*ALL_SECTIONS)
+def sweep(cfg: Config,
+          space: str = typer.Option(..., "--space", help="What to sweep: 'stage1' (alpha, beta, "
+                                    "gamma), 'stage2' (tau, per-class N) or 'fusion' (a, b, c)."),
+          trials: int = typer.Option(8, "--trials", min=1, help="Trials (random search)."),
+          scheduler: str = typer.Option("asha", "--scheduler",
+                                        help="'asha' (stop weak training trials early) or 'fifo'."),
+          concurrent: int = typer.Option(1, "--concurrent", min=1,
+                                         help="Trials at once (each uses --workers workers).")) -> None:
+    """Ray Tune sweep over a run's stage-1 loss weights, tau and N, or fusion weights; every
+    objective is validation accuracy. Writes results.md/.csv and best.yaml under
+    <run-dir>/sweeps/<space>/."""
+    from ghns.sweep import METRIC, SPACES, run_sweep
 
-    command.__doc__ = f"{NOT_BUILT[name][0].upper()}{NOT_BUILT[name][1:]}."
-    return command
-
-
-for _name in ("sweep",):
-    app.command(_name)(with_config("run")(_not_built(_name)))
+    if space not in SPACES:
+        raise typer.BadParameter(f"{space!r} is not one of {', '.join(SPACES)}", param_hint="--space")
+    if scheduler not in ("asha", "fifo"):
+        raise typer.BadParameter(f"{scheduler!r} is not 'asha' or 'fifo'", param_hint="--scheduler")
+    result = run_sweep(cfg, space, trials, scheduler=scheduler, concurrent=concurrent)
+    typer.echo((result.directory / "results.md").read_text())
+    typer.echo(f"best: {result.best[METRIC[space]]} ({METRIC[space]}, validation); "
+               f"config: {result.best_config}")
 
 
 @app.command()

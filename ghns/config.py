@@ -122,7 +122,9 @@ class Config:
     lr_gamma: float = _opt(0.1, "Learning-rate step factor.", low=0.0, low_open=True, high=1.0,
                            section="stage1")
     trainable_blocks: int = _opt(-1, "Backbone blocks stages 1 and 3 train; the rest is frozen and "
-                                     "its output cached. -1 = all from scratch, 1 when pretrained.",
+                                     "its output cached. -1 = all from scratch, 1 when pretrained "
+                                     "(stage 3's image classifiers start from the localizer, so "
+                                     "they count as pretrained).",
                                  low=-1, section="stage1")
     batch_classes: int = _opt(8, "Classes per stage-1 batch (P of P x K).", low=2, section="stage1")
     batch_images: int = _opt(4, "Images per class in a stage-1 batch (K of P x K).", low=2,
@@ -145,7 +147,7 @@ class Config:
                                             "false negatives. 1.0 = the paper (no limit).",
                                       low=-1.0, high=1.0, section="stage2")
     # -- stage 3: final classifiers -------------------------------------------------------------
-    stage3_epochs: int = _opt(15, "Epochs of the original-image and object classifiers (they start "
+    stage3_epochs: int = _opt(12, "Epochs of the original-image and object classifiers (they start "
                                   "from the localizer's backbone).", low=1, section="stage3")
     stage3_lr: float = _opt(0.01, "Initial learning rate of the image classifiers.", low=0.0,
                             low_open=True, section="stage3")
@@ -165,8 +167,12 @@ class Config:
                              section="stage3")
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
                                  "one included); 1 disables the control.", low=1, section="stage3")
+    # -- evaluate ----------------------------------------------------------------------------
     fusion_step: float = _opt(0.05, "Grid step of the fusion weights (a, b, c).", low=0.0,
-                              low_open=True, high=0.5, section="stage3")
+                              low_open=True, high=0.5, section="evaluate")
+    fusion_weights: str | None = _opt(None, "Fixed fusion weights 'a,b,c' (original, object, parts; "
+                                            "sum 1), e.g. from 'ghns sweep --space fusion'; default: "
+                                            "searched on val.", section="evaluate")
     # -- run -------------------------------------------------------------------------------
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
@@ -185,6 +191,8 @@ class Config:
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.quad_m1 <= self.quad_m2:
             raise ConfigError(f"'quad_m1' must be > 'quad_m2' (Eq. 8), got {self.quad_m1} <= {self.quad_m2}")
+        if self.fusion_weights is not None:
+            self.fusion_weights = _fusion_weights_text(self.fusion_weights)
         if self.root is not None:  # absolute, so workers and later commands elsewhere agree
             self.root = str(Path(self.root).expanduser().resolve())
 
@@ -218,6 +226,12 @@ class Config:
         if self.localize_image_size:
             return self.localize_image_size
         return self.synthetic_image_size if self.dataset == "synthetic" else 224
+
+    def resolved_fusion_weights(self) -> tuple[float, float, float] | None:
+        if self.fusion_weights is None:
+            return None
+        a, b, c = (float(v) for v in self.fusion_weights.split(","))
+        return a, b, c
 
     def resolved_part_size(self) -> int:
         if self.part_image_size:
@@ -277,6 +291,19 @@ def resolve_config(config_file: str | None = None,
 
 
 # -- validation ------------------------------------------------------------------------------
+
+def _fusion_weights_text(value: Any) -> str:
+    """'a,b,c' (or a list of three) -> canonical 'a,b,c'; non-negative, summing to 1."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
+    try:
+        weights = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        weights = []
+    if len(weights) != 3 or min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+        raise ConfigError(f"'fusion_weights' must be three non-negative numbers summing to 1, "
+                          f"as 'a,b,c'; got {value!r}")
+    return ",".join(f"{w:g}" for w in weights)
+
 
 def _known_key(key: str, where: str) -> str:
     name = key.replace("-", "_")

@@ -69,6 +69,11 @@ STAGE_FUNCS: dict[str, Callable[[Any, bool], Any]] = {
 }
 
 
+# Called as hook(cfg, stage_name) after each stage of ``run_until`` (e.g. the Ray job's upload
+# of the run directory to remote storage).
+AFTER_STAGE: list[Callable[[Any, str], None]] = []
+
+
 def run_until(cfg, stage: str, force: bool = False) -> Any:
     """Run every stage up to and including ``stage``; return the last stage's result."""
     from ghns.rundir import fingerprint
@@ -84,4 +89,6 @@ def run_until(cfg, stage: str, force: bool = False) -> Any:
     result = None
     for name in chain:
         result = STAGE_FUNCS[name](cfg, force and name == stage)
+        for hook in AFTER_STAGE:
+            hook(cfg, name)
     return result

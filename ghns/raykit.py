@@ -2,7 +2,7 @@
 
 Everything Ray-specific that stages share lives here, so the math stays in pure functions and
 each stage's Ray code is a few lines. On a laptop ``ensure_ray`` starts a small local instance
-(all CPUs, a small object store, no dashboard); inside ``ray job submit`` or with ``--ray-address``
+(all CPUs, a small object store, its dashboard); inside ``ray job submit`` or with ``--ray-address``
 it joins the cluster.
 """
 
@@ -56,12 +56,16 @@ def resolve_device(cfg) -> str:
 
 
 def actor_resources(cfg, actors: int) -> dict[str, float]:
-    """Resources per inference actor: one GPU each on GPU, else a fraction of the CPUs that
-    leaves room for Ray Data's own tasks (two 1-CPU actors on 2 CPUs starve them)."""
+    """Resources per inference actor. On GPU: one GPU each, or an equal share when there are
+    more actors than GPUs (two actors on one GPU get half each, instead of one waiting forever).
+    On CPU: a fraction of the CPUs that leaves room for Ray Data's own tasks (two 1-CPU actors
+    on 2 CPUs starve them)."""
     import ray
 
     if resolve_device(cfg) == "cuda":
-        return {"num_gpus": 1.0, "num_cpus": 1.0}
+        gpus = cluster_gpus()
+        share = min(1.0, gpus / max(1, actors)) if gpus > 0 else 1.0
+        return {"num_gpus": share, "num_cpus": 1.0}
     cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     return {"num_cpus": max(0.25, min(1.0, (cpus - 0.5) / max(1, actors)))}
 
@@ -78,6 +82,8 @@ def map_batches_pandas(rows: pd.DataFrame, actor_cls: type, actor_kwargs: dict[s
     from ray.data import ActorPoolStrategy
 
     ensure_ray(cfg)
+    # Ray Data logs its progress every few seconds at INFO; the stages log their own.
+    logging.getLogger("ray.data").setLevel(os.environ.get("GHNS_DATA_LOG_LEVEL", "WARNING"))
     if rows.empty:
         return pd.DataFrame()
     rows = rows.reset_index(drop=True).assign(_order=np.arange(len(rows)))

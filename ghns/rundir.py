@@ -9,12 +9,15 @@ skip; running it under a different fingerprint is an error that names the differ
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from ghns.errors import StageError
+
+log = logging.getLogger(__name__)
 
 # Stages in pipeline order, with the config sections each one depends on (its own and upstream).
 STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")  # pipeline order
@@ -24,8 +27,13 @@ STAGE_SECTIONS = {
     "stage1": ("data", "localize", "stage1"),
     "generate": ("data", "localize", "stage1", "stage2"),
     "stage3": ("data", "localize", "stage1", "stage2", "stage3"),
-    "evaluate": ("data", "localize", "stage1", "stage2", "stage3"),
+    "evaluate": ("data", "localize", "stage1", "stage2", "stage3", "evaluate"),
 }
+
+
+# Stages that only read what earlier stages made and take seconds: changed settings re-run them
+# instead of being refused (e.g. fixed fusion weights from a sweep).
+REDO_ON_CHANGE = ("evaluate",)
 
 
 class RunDir:
@@ -118,9 +126,12 @@ class RunDir:
         record = self.stages().get(stage)
         if record is None or force:
             return False
-        if record.get("fingerprint") != fingerprint:
-            old = record.get("fingerprint", {})
-            keys = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        old = record.get("fingerprint", {})
+        keys = changed_keys(old, fingerprint)
+        if keys and stage in REDO_ON_CHANGE:
+            log.info("%s: settings changed (%s): running it again", stage, ", ".join(keys))
+            return False
+        if keys:
             changes = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys[:4])
             raise StageError(f"{self.path} already holds stage '{stage}' run with other settings "
                              f"({changes}); pass --force to redo it or use another --run-dir")
@@ -139,6 +150,21 @@ class RunDir:
         stages[name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 3),
                         **extra}
         self._write_stages(stages)
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Settings that differ between a recorded fingerprint and the current one. A run recorded
+    before a setting existed stays valid while that setting is at its default, and a setting
+    that no longer feeds the stage (moved to a later one) is ignored."""
+    from ghns.config import Config
+
+    def default(key: str) -> Any:
+        try:
+            return Config.field_info(key).default
+        except KeyError:
+            return None
+
+    return sorted(k for k in new if (old[k] if k in old else default(k)) != new[k])
 
 
 def fingerprint(cfg, stage: str) -> dict[str, Any]:

@@ -72,11 +72,20 @@ def ray_session():
 
     import ghns.raykit  # noqa: F401 - sets RAY_USAGE_STATS_ENABLED / RAY_AUTH_MODE defaults
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+    start_test_ray()
     yield ray
     ray.shutdown()
+
+
+def start_test_ray(**extra) -> None:
+    """The test session's small local Ray (``extra`` e.g. ``num_gpus=2`` for logical GPUs)."""
+    import ray
+
+    import ghns.raykit  # noqa: F401 - sets RAY_USAGE_STATS_ENABLED / RAY_AUTH_MODE defaults
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False, **extra)
 
 
 TINY_SYNTHETIC = ["--synthetic-classes", "4", "--synthetic-per-class", "12",
@@ -84,3 +93,17 @@ TINY_SYNTHETIC = ["--synthetic-classes", "4", "--synthetic-per-class", "12",
                   "--stage1-epochs", "2", "--batch-classes", "2", "--batch-images", "2",
                   "--embedding-dim", "16", "--per-class", "5", "--neighbors", "3", "--tau", "0.3",
                   "--stage3-epochs", "2", "--parts-epochs", "3", "--seed-ensemble", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, ray_session) -> Path:
+    """A finished tiny synthetic pipeline run, built once per test session. Tests that change
+    it must leave it as they found it, or work on a copy."""
+    from ghns.cli import main
+
+    run = tmp_path_factory.mktemp("pipe") / "run"
+    try:
+        main(["pipeline", "--run-dir", str(run), *TINY_SYNTHETIC])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    return run

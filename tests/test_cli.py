@@ -23,7 +23,8 @@ def test_help_lists_every_command(cli):
         assert f"  {name} " in out
 
 
-NON_CONFIG = {"config", "force", "help", "rows", "out", "top"}  # command switches, not run settings
+NON_CONFIG = {"config", "force", "help", "rows", "out", "top",  # command switches, not run settings
+              "space", "trials", "scheduler", "concurrent"}  # sweep's own
 
 
 def test_every_config_flag_is_a_config_key():

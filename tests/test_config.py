@@ -70,3 +70,25 @@ def test_bad_file_errors_name_the_file(tmp_path):
 def test_every_field_has_help_and_a_section():
     for f in dataclasses.fields(Config):
         assert f.metadata["help"] and f.metadata["section"], f.name
+
+
+def test_fusion_weights_are_checked_and_canonical():
+    from ghns.config import Config
+    from ghns.errors import ConfigError
+
+    assert Config(fusion_weights="0.30, 0.3,0.4").fusion_weights == "0.3,0.3,0.4"
+    assert Config(fusion_weights="0.3,0.3,0.4").resolved_fusion_weights() == (0.3, 0.3, 0.4)
+    assert Config().resolved_fusion_weights() is None
+    for bad in ("0.5,0.5", "0.5,0.6,0.1", "-0.1,0.6,0.5", "a,b,c"):
+        with pytest.raises(ConfigError, match="fusion_weights"):
+            Config(fusion_weights=bad)
+
+
+def test_recorded_fingerprints_survive_new_and_moved_settings():
+    from ghns.rundir import changed_keys
+
+    new = {"tau": 0.95, "fusion_weights": None}
+    assert changed_keys({"tau": 0.95}, new) == []  # a setting added later, left at its default
+    assert changed_keys({"tau": 0.95, "fusion_step": 0.05}, {"tau": 0.95}) == []  # moved away
+    assert changed_keys({"tau": 0.9}, new) == ["tau"]
+    assert changed_keys({"tau": 0.95}, {"tau": 0.95, "fusion_weights": "1,0,0"}) == ["fusion_weights"]

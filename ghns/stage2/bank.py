@@ -41,7 +41,8 @@ def write_shard(folder: Path, target: int, image_ids: np.ndarray, labels: np.nda
         cols[f"part{k + 1}_class"] = pa.array(labels[sources[:, k]].astype(np.int64) if n else
                                               np.zeros(0, np.int64))
     swapped = ranks >= 0
-    cols["swapped"] = pa.array(["".join("1" if b else "0" for b in row) for row in swapped])
+    cols["swapped"] = pa.array(["".join("1" if b else "0" for b in row) for row in swapped],
+                               type=pa.string())  # typed even when empty (a class with no negatives)
     cols["n_swapped"] = pa.array(swapped.sum(axis=1).astype(np.int8) if n else np.zeros(0, np.int8))
     for k in range(N_PARTS):
         cols[f"rank{k + 1}"] = pa.array(ranks[:, k].astype(np.int32) if n else np.zeros(0, np.int32))
@@ -69,10 +70,12 @@ def read_bank(folder: Path, with_embeddings: bool = True) -> tuple[pd.DataFrame,
     paths = sorted(folder.glob("class_*.parquet"))
     if not paths:
         return pd.DataFrame(), None
-    table = pa.concat_tables([pq.read_table(p) for p in paths])
+    tables = [pq.read_table(p) for p in paths]
+    # shards written before empty ones were typed may hold a null-typed column: let them promote
+    table = pa.concat_tables([t for t in tables if t.num_rows] or tables[:1], promote_options="permissive")
     meta = table.drop(["embedding"]).to_pandas()
     if not with_embeddings:
         return meta, None
     col = table.column("embedding").combine_chunks()
-    emb = col.values.to_numpy(zero_copy_only=False).reshape(len(meta), col.type.list_size)
+    emb = col.values.to_numpy(zero_copy_only=False).reshape(len(meta), col.type.list_size).copy()
     return meta, emb

@@ -104,15 +104,19 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
         return {f"top{k}": round(topk_accuracy(test[name], test["label"], k), 2) for k in (1, 3, 5)} | {
             "val_top1": round(topk_accuracy(val[name], val["label"]), 2)}
 
-    def fused(names: tuple[str, ...]) -> dict[str, Any]:
-        weights, val_acc = search_weights([val[n] for n in names], val["label"], step)
+    def fused(names: tuple[str, ...], fixed: tuple[float, ...] | None = None) -> dict[str, Any]:
+        if fixed is None:
+            weights, val_acc = search_weights([val[n] for n in names], val["label"], step)
+        else:  # given in the config (e.g. by a fusion sweep): only reported, not searched
+            weights = tuple(fixed)
+            val_acc = topk_accuracy(fuse([val[n] for n in names], weights), val["label"])
         f = fuse([test[n] for n in names], weights)
         return {"weights": list(weights), "val_top1": round(val_acc, 2),
                 **{f"top{k}": round(topk_accuracy(f, test["label"], k), 2) for k in (1, 3, 5)}}
 
     main = ("original", "object", "parts")
     rows = {n: single(n) for n in ("original", "object", "parts", "parts_noneg")}
-    full = fused(main)
+    full = fused(main, cfg.resolved_fusion_weights())
     table6 = {"original": rows["original"], "object": rows["object"], "parts": rows["parts"],
               "original + object": fused(("original", "object")),
               "original + parts": fused(("original", "parts")),
@@ -125,7 +129,9 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
                      "parts": rows["parts"]["top1"], "fused": full["top1"],
                      "fused_without_negatives": fused(("original", "object", "parts_noneg"))["top1"]},
         "top3": {"fused": full["top3"]}, "top5": {"fused": full["top5"]},
-        "fusion_weights": full["weights"], "table6": table6,
+        "fusion_weights": full["weights"],
+        "fusion_weights_from": "config" if cfg.fusion_weights else f"val grid, step {step}",
+        "table6": table6,
         "parts_without_negatives": rows["parts_noneg"],
     }
     ensemble = [n for n in scores["test"] if n.startswith("original_seed")]
@@ -167,7 +173,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         se = report["seed_ensemble"]
         lines.append(f"- seed-ensemble control ({se['members']} original-image classifiers, fused the "
                      f"same way): **{se['top1']}** (members {se['member_top1']})")
-    lines += [f"- fusion weights (original, object, parts), chosen on val: {report['fusion_weights']}", ""]
+    lines += [f"- fusion weights (original, object, parts): {report['fusion_weights']} "
+              f"({report.get('fusion_weights_from', 'val grid')})", ""]
     if report.get("confused_pairs"):
         lines += ["Most confused class pairs (fused, test):", ""]
         lines += [f"- {p['classes'][0]} / {p['classes'][1]}: {p['errors']}" for p in report["confused_pairs"]]

@@ -15,6 +15,7 @@ import logging
 import shutil
 from typing import Any
 
+
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.localize.train import frozen_blocks_for
@@ -82,8 +83,12 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
                       "image_size": cfg.resolved_localize_size(), "backbone": backbone,
                       "pretrained": cfg.pretrained,
                       "init_from": str(localizer.resolve()) if localizer.is_file() else None,
-                      "frozen_blocks": frozen_blocks_for(backbone, cfg.pretrained, cfg.trainable_blocks,
-                                                         pretrained_default=1),
+                      # started from the localizer, the backbone counts as pretrained: by
+                      # default only its last block trains, the rest is cached once (fine-tuning
+                      # all of it at stage 3's learning rate undid the localizer's features)
+                      "frozen_blocks": frozen_blocks_for(
+                          backbone, "localizer" if localizer.is_file() else cfg.pretrained,
+                          cfg.trainable_blocks, pretrained_default=1),
                       "embedding_dim": cfg.embedding_dim, "lam": cfg.lambda_image,
                       "margin": cfg.triplet_margin, "mining": cfg.triplet_mining,
                       "epochs": cfg.stage3_epochs, "lr": cfg.stage3_lr, "seed": seed}
@@ -91,5 +96,8 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
         fit(loop, config, cfg, name=f"stage3_{name}")
     history = json.loads(history_file.read_text())
     last = history[-1] if history else {}
-    return {"val_accuracy": round(last.get("val_acc", float("nan")), 2), "epochs": len(history),
+    scored = [h for h in history if h.get("val_acc") == h.get("val_acc")]  # not NaN
+    kept = max(scored, key=lambda h: h["val_acc"]) if scored else last  # what KeepBest kept
+    return {"val_accuracy": round(kept.get("val_acc", float("nan")), 2),
+            "epoch_kept": kept.get("epoch"), "epochs": len(history),
             "seconds": round(sum(h.get("epoch_seconds", 0.0) for h in history), 1)}

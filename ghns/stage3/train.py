@@ -73,7 +73,8 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
                                for i in range(0, len(val_x), 64)]) if len(val_x) else val_x
     net = ctx.wrap(model)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    start = _restore(ctx, model, opt, sched)
+    best = KeepBest()
+    start = _restore(ctx, model, opt, sched, best)
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
     lam = config["lam"]
@@ -107,13 +108,16 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         metrics = dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
         metrics["val_acc"] = _accuracy(lambda x: model(inputs(x, False), cached=cached)[1], val_x, val_y, ctx)
+        best.update(model, metrics["val_acc"], epoch)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch})
+                             "sched": sched.state_dict(), "epoch": epoch,
+                             "best": best.dump()})
     if ctx.is_main:
         keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks",
                 "image_size", "crop")
-        _save(config["output"], model, {k: config[k] for k in keys})
+        kept = best.apply(model)
+        _save(config["output"], model, {**{k: config[k] for k in keys}, "epoch_kept": kept})
 
 
 # -- parts classifier ------------------------------------------------------------------------
@@ -148,7 +152,8 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
                             config["hidden"])
     net = ctx.wrap(model)
     opt, sched = make_optimizer(list(model.parameters()), config)
-    start = _restore(ctx, model, opt, sched)
+    best = KeepBest()
+    start = _restore(ctx, model, opt, sched, best)
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
     rng = np.random.default_rng(config["seed"] * 1000 + ctx.rank + 17 * start)
     lam, m1, m2 = config["lam"], config["m1"], config["m2"]
@@ -197,19 +202,22 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric), 1.0])
+            sums += torch.tensor([loss.item(), l_cls.item(), float(torch.as_tensor(l_metric).detach()), 1.0])
         sched.step()
         sums = ctx.all_reduce(sums)
         metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
         metrics["val_acc"] = _accuracy(lambda x: model(x.to(ctx.device))[1], val_x, val_y, ctx)
+        best.update(model, metrics["val_acc"], epoch)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
                         "bank_size": len(bank_x)})
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch})
+                             "sched": sched.state_dict(), "epoch": epoch,
+                             "best": best.dump()})
     if ctx.is_main:
         settings = {"n_parts": emb.shape[1], "part_dim": emb.shape[2], "embedding_dim": config["embedding_dim"],
                     "num_classes": config["num_classes"], "hidden": config["hidden"]}
+        settings["epoch_kept"] = best.apply(model)
         _save(config["output"], model, settings)
 
 
@@ -228,14 +236,42 @@ def _hardest(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 # -- shared ----------------------------------------------------------------------------------
 
-def _restore(ctx: WorkerContext, model, opt, sched) -> int:
+def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest") -> int:
     state = ctx.restore()
     if state is None:
         return 0
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
+    best.load(state.get("best"))
     return state["epoch"] + 1
+
+
+class KeepBest:
+    """The weights of the epoch with the best validation accuracy (the last epoch's when there
+    is no validation split): short CPU runs at a constant learning rate end on a noisy epoch,
+    and choosing on val keeps test untouched."""
+
+    def __init__(self) -> None:
+        self.acc, self.epoch, self.state = float("-inf"), -1, None
+
+    def update(self, model, acc: float, epoch: int) -> None:
+        if acc == acc and acc > self.acc:  # not NaN
+            self.acc, self.epoch = acc, epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def load(self, saved: dict | None) -> None:
+        if saved:
+            self.acc, self.epoch, self.state = saved["acc"], saved["epoch"], saved["state"]
+
+    def dump(self) -> dict:
+        return {"acc": self.acc, "epoch": self.epoch, "state": self.state}
+
+    def apply(self, model) -> int:
+        """Load the best weights into ``model``; returns the epoch they come from (-1: last)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        return self.epoch
 
 
 @torch.no_grad()

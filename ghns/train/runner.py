@@ -3,7 +3,8 @@
 ``fit`` builds a ``TorchTrainer`` whose run state lives in ``<run_dir>/ray/<name>``. A worker
 that dies is restarted from the last reported checkpoint (``FailureConfig``), and calling
 ``fit`` again with the same name after an interrupted run resumes from that checkpoint too
-(Train V2 restores the run from its storage), so no finished epoch is trained twice.
+(Train V2 restores the run from its storage), so at most ``REPORT_SECONDS`` of finished epochs
+are trained twice.
 
 Loops use ``WorkerContext`` for what differs between the two worlds: rank, world size, device,
 checkpoint save/restore and metric reporting.
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
 
 
 @dataclass
@@ -35,7 +38,7 @@ class FitResult:
 def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: str) -> FitResult:
     """Run ``loop(loop_config)`` on ``cfg.workers`` Ray Train workers; return the last metrics."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from ghns.raykit import ensure_ray, resolve_device
 
@@ -49,10 +52,15 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
         train_loop_config={**loop_config, "device": device},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=device == "cuda",
                                                resources_per_worker={"CPU": cpus}),
+        torch_config=TorchConfig(backend=torch_backend(device)),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Train logs every report and checkpoint at INFO; the stages log their own progress.
+            logging_config=ray.train.LoggingConfig(
+                log_level=os.environ.get("GHNS_TRAIN_LOG_LEVEL", "WARNING")),
+            callbacks=_tune_callbacks()),
     )
     result = trainer.fit()
     if result.error is not None:  # pragma: no cover - Train V2 raises before this
@@ -60,6 +68,36 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
     history_file = Path(loop_config.get("history_file") or storage / name / "history.json")
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     return FitResult(dict(result.metrics or {}), history)
+
+
+def _quiet_ray_train_worker() -> None:
+    """Ray Train logs every report and checkpoint at INFO from the worker, through loggers that
+    its LoggingConfig does not reach (one is named by file path); keep their warnings only."""
+    level = os.environ.get("GHNS_TRAIN_LOG_LEVEL", "WARNING")
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:  # pragma: no cover - another Ray layout
+        return
+    for name in (context.__file__, storage.__name__, "ray.train"):
+        logging.getLogger(name).setLevel(level)
+
+
+def torch_backend(device: str) -> str:
+    """NCCL where workers really have CUDA; gloo otherwise (CPU, or logical GPUs in tests)."""
+    return "nccl" if device == "cuda" and torch.cuda.is_available() else "gloo"
+
+
+def _tune_callbacks() -> list:
+    """Inside a Ray Tune trial, forward every report to Tune (so ASHA sees each epoch)."""
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    except ImportError:  # pragma: no cover - ray[tune] missing
+        return []
+    if not _in_tune_session():
+        return []
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
 
 
 class WorkerContext:
@@ -87,6 +125,10 @@ class WorkerContext:
                 torch.set_num_threads(int(threads))
         self.amp = self.device.type == "cuda" and config.get("amp", True)
         self.history_file = config.get("history_file")
+        _quiet_ray_train_worker()
+        self.epochs = config.get("epochs")
+        self.report_seconds = float(config.get("report_seconds", REPORT_SECONDS))
+        self._last_report = time.monotonic()
 
     @property
     def is_main(self) -> bool:
@@ -141,18 +183,32 @@ class WorkerContext:
         Path(marker).write_text("failed once")
         os._exit(1)
 
+    def _due(self, metrics: dict[str, Any]) -> bool:
+        """Whether this epoch goes to Ray Train: the last epoch, and otherwise at most one every
+        ``report_seconds``. Each report waits for the controller to collect it (a second or two),
+        which dominated loops whose epochs take a fraction of a second (the parts classifier:
+        5 s of training, 2 min of reporting). Workers agree (any due -> all report)."""
+        final = self.epochs is None or metrics.get("epoch") == int(self.epochs) - 1
+        due = final or time.monotonic() - self._last_report >= self.report_seconds
+        if self.world > 1 and torch.distributed.is_initialized():
+            due = bool(self.all_reduce(torch.tensor([float(due)])).item() > 0)
+        return due
+
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        """Report epoch metrics (and a checkpoint of ``state`` from the main worker)."""
+        """Record epoch metrics in the history file; report them to Ray Train (with a checkpoint
+        of ``state`` from the main worker) when due (see ``_due``): a restarted worker resumes
+        from the last reported epoch, so at most ``report_seconds`` of work is redone."""
         if self.is_main and self.history_file:
             path = Path(self.history_file)
             history = json.loads(path.read_text()) if path.is_file() else []
             history = [h for h in history if h.get("epoch") != metrics.get("epoch")] + [metrics]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(history, indent=1))
-        if not self.in_ray:
+        if not self.in_ray or not self._due(metrics):
             return
         import ray.train
 
+        self._last_report = time.monotonic()
         if state is not None and self.is_main:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(state, Path(d) / CHECKPOINT_FILE)

@@ -42,7 +42,7 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_session, tmp_path
     original = runner.fit
 
     def fit_with_fault(loop, loop_config, cfg, name):
-        return original(loop, {**loop_config, "fail_once_at_epoch": 2,
+        return original(loop, {**loop_config, "fail_once_at_epoch": 2, "report_seconds": 0,
                                "fail_marker": str(tmp_path / "failed-once")}, cfg, name)
 
     monkeypatch.setattr(runner, "fit", fit_with_fault)

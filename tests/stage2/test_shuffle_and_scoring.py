@@ -141,3 +141,20 @@ def test_round_robin_order_within_a_shell():
     src, ranks, ref_of = shell_candidates(refs, nb, 1, 0)
     assert ref_of.tolist() == [0, 1, 0, 1, 0, 1]
     assert [int(np.argmax(r >= 0)) for r in ranks] == [0, 0, 1, 1, 2, 2]
+
+
+def test_bank_reads_when_a_class_kept_no_negatives(tmp_path):
+    """A class whose candidates all failed tau writes an empty shard; the bank still reads."""
+    from ghns.stage2.bank import read_bank, write_shard
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    ids, labels = np.arange(10, 14), np.array([0, 0, 1, 1])
+    write_shard(tmp_path, 0, ids, labels, np.zeros(0, int), np.zeros((0, 3), int),
+                np.zeros((0, 3), int), np.zeros(0), emb, {"kept": 0})
+    write_shard(tmp_path, 1, ids, labels, np.array([2]), np.array([[2, 0, 3]]),
+                np.array([[-1, 0, -1]]), np.array([0.97]), emb, {"kept": 1})
+    meta, sets = read_bank(tmp_path)
+    assert meta["class"].tolist() == [1] and meta["swapped"].tolist() == ["010"]
+    assert sets.shape == (1, 6) and sets.flags.writeable
+    np.testing.assert_array_equal(sets[0], np.concatenate([emb[2, 0], emb[0, 1], emb[3, 2]]))

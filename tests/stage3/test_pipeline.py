@@ -7,21 +7,12 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_SYNTHETIC
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, ray_session):
-    from ghns.cli import main
-
-    run = tmp_path_factory.mktemp("pipe") / "run"
-    try:
-        main(["pipeline", "--run-dir", str(run), *TINY_SYNTHETIC])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    return run
+def finished(tiny_run):
+    return tiny_run
 
 
 def test_report_has_the_contract_keys(finished):

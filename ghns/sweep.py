@@ -1,0 +1,253 @@
+"""Ray Tune sweeps over a finished (or partly finished) run: ``ghns sweep``.
+
+Three search spaces, each re-running only the stages its parameters feed, in one trial directory
+per trial under ``<run_dir>/sweeps/<space>/`` that links the base run's upstream outputs:
+
+- ``stage1``: the loss weights alpha, beta, gamma (Eq. 7). A trial trains the part networks
+  (Ray Train, Train V2 style: the trial is a driver function that builds the ``TorchTrainer``);
+  every epoch's validation accuracy reaches Tune, so ASHA stops weak trials early.
+- ``stage2``: tau and negatives per class N. A trial generates the bank and trains the parts
+  classifier on it (ASHA on its per-epoch validation accuracy); the fused validation accuracy
+  with the base run's original and object classifiers is reported beside it.
+- ``fusion``: the fusion weights (a, b, c) of Eq. 11, from the cached validation scores: no
+  training, a trial costs milliseconds.
+
+Every objective is a validation accuracy; test is never looked at. The sweep writes
+``results.csv`` and ``results.md`` (one row per trial) and ``best.yaml``: the base configuration
+with the best trial's values, which ``ghns pipeline --config best.yaml`` takes as is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ghns.errors import StageError
+from ghns.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+SPACES = ("stage1", "stage2", "fusion")
+
+# What each space's trial needs from the base run (paths relative to the run directory), which
+# stages it inherits as done, and the metric Tune maximises.
+NEEDS = {
+    "stage1": ("catalog.parquet", "localization.parquet", "localization.json", "localize"),
+    "stage2": ("catalog.parquet", "localization.parquet", "localization.json", "localize",
+               "stage1", "stage1.json", "embeddings.parquet", "scores"),
+    "fusion": ("scores",),
+}
+INHERITED = {"stage1": ("catalog", "localize"), "stage2": ("catalog", "localize", "stage1"),
+             "fusion": ()}
+METRIC = {"stage1": "val_acc_parts_mean", "stage2": "val_acc", "fusion": "val_fused"}
+FINAL = {"stage1": "filternet_val_accuracy", "stage2": "val_fused", "fusion": "val_fused"}  # last report only
+PARAMS = {"stage1": ("alpha", "beta", "gamma"), "stage2": ("tau", "per_class"),
+          "fusion": ("fusion_weights",)}
+
+
+def search_space(space: str, step: float = 0.05) -> dict[str, Any]:
+    """The Tune search space of ``space`` (random search over these distributions)."""
+    from ray import tune
+
+    from ghns.fusion import weight_grid
+
+    if space == "stage1":
+        return {"alpha": tune.quniform(0.5, 1.5, 0.05), "beta": tune.quniform(0.0, 1.5, 0.05),
+                "gamma": tune.quniform(0.0, 1.5, 0.05)}
+    if space == "stage2":
+        return {"tau": tune.quniform(0.3, 0.99, 0.01), "per_class": tune.choice([50, 100, 150, 200])}
+    if space == "fusion":
+        return {"fusion_weights": tune.choice([",".join(f"{w:g}" for w in t)
+                                               for t in weight_grid(3, step)])}
+    raise StageError(f"unknown sweep space {space!r}; choose one of {', '.join(SPACES)}")
+
+
+def check_base(run: RunDir, space: str) -> None:
+    """A one-line error when the base run lacks what ``space`` builds on."""
+    missing = [name for name in NEEDS[space] if not (run.path / name).exists()]
+    if missing:
+        first = {"stage1": "ghns localize", "stage2": "ghns pipeline", "fusion": "ghns pipeline"}
+        raise StageError(f"sweep --space {space} needs {', '.join(missing)} in {run.path}: "
+                         f"run '{first[space]} --run-dir {run.path}' first")
+
+
+def trial_dir(base: RunDir, sweep_dir: Path, space: str, trial_id: str) -> RunDir:
+    """A run directory for one trial: the base run's upstream outputs linked in, its stage
+    records copied for the inherited stages (so their fingerprints still hold)."""
+    out = RunDir(sweep_dir / "trials" / trial_id)
+    out.path.mkdir(parents=True, exist_ok=True)
+    for name in NEEDS[space]:
+        link = out.path / name
+        if not link.exists():
+            link.symlink_to((base.path / name).resolve())
+    stages = base.stages()
+    out._write_stages({k: stages[k] for k in INHERITED[space] if k in stages})
+    return out
+
+
+def _trial(params: dict[str, Any], *, base_config: dict[str, Any], base_dir: str, sweep_dir: str,
+           space: str) -> None:
+    """One trial (runs in a Tune trial actor): re-run what ``params`` feed, report the metric."""
+    from ray import tune
+
+    from ghns.config import Config
+
+    base = RunDir(base_dir)
+    if space == "fusion":
+        tune.report({METRIC[space]: fusion_objective(base, params["fusion_weights"])})
+        return
+    trial_id = tune.get_context().get_trial_id()
+    run = trial_dir(base, Path(sweep_dir), space, trial_id)
+    cfg = Config(**{**base_config, **params, "run_dir": str(run.path),
+                    "ray_address": base_config.get("ray_address")})
+    if space == "stage1":
+        from ghns.stage1.stage import run_stage1
+
+        figures = run_stage1(cfg)
+        tune.report({METRIC[space]: figures["val_accuracy_parts_mean"],
+                     "filternet_val_accuracy": figures["filternet"]["val_accuracy"]})
+    else:
+        tune.report(_stage2_trial(cfg, run, base))
+
+
+def _stage2_trial(cfg, run: RunDir, base: RunDir) -> dict[str, float]:
+    from ghns.data import Catalog
+    from ghns.fusion import search_weights
+    from ghns.stage1.table import read_embeddings
+    from ghns.stage2.stage import run_generate
+    from ghns.stage3.evaluate import parts_scores
+    from ghns.stage3.stage import _train
+
+    gen = run_generate(cfg)
+    figures = _train(cfg, run, Catalog.read(run.catalog), "parts")
+    val = dict(np.load(base.scores / "val.npz"))
+    meta, emb = read_embeddings(run.embeddings)
+    index = {int(i): k for k, i in enumerate(meta["image_id"])}
+    parts = parts_scores(run.stage3 / "parts.pt", emb[[index[int(i)] for i in val["image_id"]]])
+    weights, fused = search_weights([val["original"], val["object"], parts], val["label"],
+                                    cfg.fusion_step)
+    return {METRIC["stage2"]: figures["val_accuracy"], "val_fused": round(fused, 2),
+            "kept": gen["kept"], "fusion_weights": ",".join(f"{w:g}" for w in weights)}
+
+
+def fusion_objective(base: RunDir, weights: str) -> float:
+    """Validation top-1 of the three classifiers fused with ``weights`` ('a,b,c')."""
+    from ghns.fusion import fuse, topk_accuracy
+
+    val = dict(np.load(base.scores / "val.npz"))
+    w = tuple(float(v) for v in weights.split(","))
+    return round(topk_accuracy(fuse([val["original"], val["object"], val["parts"]], w),
+                               val["label"]), 2)
+
+
+@dataclass
+class SweepResult:
+    table: list[dict[str, Any]]
+    best: dict[str, Any]
+    best_config: Path
+    directory: Path
+
+
+def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent: int = 1,
+              seed: int | None = None) -> SweepResult:
+    """Run ``trials`` Tune trials of ``space`` over the run in ``cfg.run_dir``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from ghns.raykit import ensure_ray
+
+    if space not in SPACES:
+        raise StageError(f"unknown sweep space {space!r}; choose one of {', '.join(SPACES)}")
+    base = RunDir(cfg.run_dir)
+    check_base(base, space)
+    sweep_dir = (base.path / "sweeps" / space).resolve()
+    if sweep_dir.exists():  # a sweep is cheap to redo and its trials are not resumable one by one
+        shutil.rmtree(sweep_dir)
+    sweep_dir.mkdir(parents=True)
+    ensure_ray(cfg)
+    max_t = {"stage1": cfg.stage1_epochs, "stage2": cfg.parts_epochs}.get(space, 1)
+    # ASHA counts epochs (the loops' "epoch", 0-based), not reports: Ray Train reports are
+    # throttled (see WorkerContext.report), so one report can cover several epochs.
+    sched = (ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=max(1, max_t // 4),
+                           reduction_factor=2)
+             if scheduler == "asha" and space != "fusion" else FIFOScheduler())
+    trainable = tune.with_parameters(_trial, base_config=cfg.to_dict(), base_dir=str(base.path.resolve()),
+                                     sweep_dir=str(sweep_dir), space=space)
+    # The trial itself only drives: Ray Train's workers and Ray Data's actors hold the CPUs/GPUs.
+    # (Tune refuses an all-zero request, so the trial reserves 1 MiB of memory instead of a CPU.)
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 2**20})
+    tuner = tune.Tuner(
+        trainable, param_space=search_space(space, cfg.fusion_step),
+        tune_config=tune.TuneConfig(
+            metric=METRIC[space], mode="max", num_samples=trials, scheduler=sched,
+            max_concurrent_trials=concurrent,
+            search_alg=BasicVariantGenerator(random_state=cfg.seed if seed is None else seed)),
+        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0))
+    grid = tuner.fit()
+    table = results_table(grid, space)
+    if not any(row.get(METRIC[space]) is not None for row in table):
+        errors = [str(r.error).splitlines()[0] for r in grid if r.error is not None]
+        raise StageError(f"sweep --space {space}: no trial finished"
+                         + (f" (first error: {errors[0]})" if errors else ""))
+    best = max((r for r in table if r.get(METRIC[space]) is not None), key=lambda r: r[METRIC[space]])
+    best_config = write_outputs(cfg, space, table, best, sweep_dir)
+    return SweepResult(table, best, best_config, sweep_dir)
+
+
+def results_table(grid, space: str) -> list[dict[str, Any]]:
+    """One row per trial: its parameters, its last metrics, epochs reached and status."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {"trial": metrics.get("trial_id") or Path(result.path).name}
+        row.update({k: result.config.get(k) for k in PARAMS[space]})
+        value = metrics.get(METRIC[space])
+        row[METRIC[space]] = round(float(value), 2) if value is not None else None
+        for extra in ("filternet_val_accuracy", "val_fused", "kept"):
+            if extra in metrics:
+                row[extra] = metrics[extra]
+        row["iterations"] = metrics.get("training_iteration")
+        row["status"] = ("error" if result.error is not None else
+                         "done" if FINAL[space] in metrics else "stopped early (ASHA)")
+        rows.append(row)
+    return sorted(rows, key=lambda r: -(r[METRIC[space]] if r[METRIC[space]] is not None else -1))
+
+
+def best_values(space: str, best: dict[str, Any]) -> dict[str, Any]:
+    values = {k: best[k] for k in PARAMS[space]}
+    for key in ("alpha", "beta", "gamma", "tau"):
+        if key in values:
+            values[key] = round(float(values[key]), 4)
+    return values
+
+
+def write_outputs(cfg, space: str, table: list[dict[str, Any]], best: dict[str, Any],
+                  sweep_dir: Path) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(table).to_csv(sweep_dir / "results.csv", index=False)
+    cols = list(table[0])
+    lines = [f"# ghns sweep --space {space}: {len(table)} trials, objective {METRIC[space]} "
+             "(validation, %)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |"
+              for r in table]
+    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
+    values = {k: v for k, v in cfg.to_dict().items() if k not in ("run_dir", "ray_address")}
+    values.update(best_values(space, best))
+    out = sweep_dir / "best.yaml"
+    header = (f"# best of 'ghns sweep --space {space}' over {cfg.run_dir}: "
+              f"{METRIC[space]} {best[METRIC[space]]} (validation)\n"
+              "# use: ghns pipeline --config best.yaml --run-dir NEW_DIR\n")
+    out.write_text(header + yaml.safe_dump(values, sort_keys=False))
+    (sweep_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
+    return out
+

@@ -1,0 +1,39 @@
+"""Pieces of the training runner that need no Ray: report throttling, keeping the best epoch."""
+
+from __future__ import annotations
+
+import torch
+
+
+def test_reports_to_ray_are_throttled_but_the_last_epoch_always_goes(monkeypatch):
+    from ghns.train import runner
+
+    clock = [100.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    ctx = runner.WorkerContext({"epochs": 5, "report_seconds": 10})
+    assert not ctx._due({"epoch": 0})
+    clock[0] += 10
+    assert ctx._due({"epoch": 1})  # 10 s since the start
+    ctx._last_report = clock[0]
+    assert not ctx._due({"epoch": 2})
+    assert ctx._due({"epoch": 4})  # the last epoch
+    assert runner.WorkerContext({"report_seconds": 0})._due({"epoch": 0})
+    assert runner.WorkerContext({})._due({"epoch": 3})  # no epoch count known: every epoch
+
+
+def test_keep_best_keeps_the_best_validation_epoch():
+    from ghns.stage3.train import KeepBest
+
+    model = torch.nn.Linear(2, 1)
+    best = KeepBest()
+    for epoch, acc in enumerate([50.0, 70.0, float("nan"), 60.0]):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        best.update(model, acc, epoch)
+    assert best.apply(model) == 1 and float(model.weight[0, 0].detach()) == 1.0
+    restored = KeepBest()
+    restored.load(best.dump())
+    assert restored.epoch == 1 and restored.acc == 70.0
+    empty = KeepBest()
+    empty.update(model, float("nan"), 0)
+    assert empty.apply(model) == -1  # no validation: the last weights stay
