@@ -248,7 +248,7 @@ def print_stage1(run) -> None:
                f"alpha {w['alpha']} beta {w['beta']} gamma {w['gamma']}, {f['epochs']} epochs "
                f"({f['seconds_per_epoch']} s each)")
     typer.echo("  val accuracy, part networks: " + "  ".join(f"{k} {v}" for k, v in
-               f["val_accuracy_parts"].items()) + f"  (mean of the three: {f['val_accuracy_parts_mean']})")
+               f["val_accuracy_parts"].items()) + f"  (the three together, mean softmax: {f.get('val_accuracy_parts_vote')})")
     typer.echo(f"  val accuracy, FilterNet: {f['filternet']['val_accuracy']}")
 
 

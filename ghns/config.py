@@ -149,6 +149,10 @@ class Config:
     # -- stage 3: final classifiers -------------------------------------------------------------
     stage3_epochs: int = _opt(12, "Epochs of the original-image and object classifiers (they start "
                                   "from the localizer's backbone).", low=1, section="stage3")
+    stage3_trainable_blocks: int = _opt(-1, "Backbone blocks the original-image and object "
+                                            "classifiers train (0 = a linear probe on frozen "
+                                            "features); -1 = --trainable-blocks.", low=-1,
+                                        section="stage3")
     stage3_lr: float = _opt(0.01, "Initial learning rate of the image classifiers.", low=0.0,
                             low_open=True, section="stage3")
     lambda_image: float = _opt(0.8, "Weight of cls vs triplet in the original and object "

@@ -47,7 +47,7 @@ NEEDS = {
 }
 INHERITED = {"stage1": ("catalog", "localize"), "stage2": ("catalog", "localize", "stage1"),
              "fusion": ()}
-METRIC = {"stage1": "val_acc_parts_mean", "stage2": "val_acc", "fusion": "val_fused"}
+METRIC = {"stage1": "val_acc_parts_vote", "stage2": "val_acc", "fusion": "val_fused"}
 FINAL = {"stage1": "filternet_val_accuracy", "stage2": "val_fused", "fusion": "val_fused"}  # last report only
 PARAMS = {"stage1": ("alpha", "beta", "gamma"), "stage2": ("tau", "per_class"),
           "fusion": ("fusion_weights",)}
@@ -112,7 +112,7 @@ def _trial(params: dict[str, Any], *, base_config: dict[str, Any], base_dir: str
         from ghns.stage1.stage import run_stage1
 
         figures = run_stage1(cfg)
-        tune.report({METRIC[space]: figures["val_accuracy_parts_mean"],
+        tune.report({METRIC[space]: figures["val_accuracy_parts_vote"],
                      "filternet_val_accuracy": figures["filternet"]["val_accuracy"]})
     else:
         tune.report(_stage2_trial(cfg, run, base))

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -31,6 +33,15 @@ class ImageClassifier(nn.Module):
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.blocks[: self.frozen_blocks](self.backbone.normalize(images))
+
+    def trunk_digest(self) -> str:
+        """A digest of the frozen blocks' weights and buffers: classifiers with equal digests
+        (and equal inputs) can share one pass through them."""
+        h = hashlib.sha1()
+        for key, value in self.backbone.blocks[: self.frozen_blocks].state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def forward(self, x: torch.Tensor, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone.blocks[self.frozen_blocks:](x if cached else self.trunk(x))

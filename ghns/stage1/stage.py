@@ -44,7 +44,7 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
             "loss_weights": {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma},
             "val_accuracy_parts": {f"part{k}": round(last[f"val_acc_part{k}"], 2) for k in (1, 2, 3)
                                    if f"val_acc_part{k}" in last},
-            "val_accuracy_parts_mean": round(last.get("val_acc_parts_mean", float("nan")), 2),
+            "val_accuracy_parts_vote": round(last.get("val_acc_parts_vote", float("nan")), 2),
             "epochs": len(history),
             "seconds_per_epoch": round(float(np.median([h["epoch_seconds"] for h in history])), 2)
             if history else None,

@@ -168,5 +168,5 @@ def _val_accuracy(model, val_x, val_y, inputs, cached, ctx) -> dict[str, float]:
     correct = ctx.all_reduce(correct)
     n = correct[-1].clamp_min(1)
     out = {f"val_acc_part{k + 1}": (100 * correct[k] / n).item() for k in range(N_PARTS)}
-    out["val_acc_parts_mean"] = (100 * correct[N_PARTS] / n).item()
+    out["val_acc_parts_vote"] = (100 * correct[N_PARTS] / n).item()
     return out

@@ -23,7 +23,11 @@ IMAGE_MODELS = ("original", "object")
 
 
 class ScoreActor:
-    """Ray Data actor: the image classifiers loaded once; softmax scores per image out."""
+    """Ray Data actor: the image classifiers loaded once; softmax scores per image out.
+
+    Classifiers whose frozen blocks hold the same weights (they all start from the localizer) and
+    read the same input share one pass through those blocks: each image is decoded once per crop
+    and the frozen trunk runs once per group, not once per classifier."""
 
     def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
         from ghns.stage3.train import build_image_classifier
@@ -31,23 +35,27 @@ class ScoreActor:
         if device == "cpu":
             torch.set_num_threads(threads)
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
-        self.models = {}
+        self.groups: dict[tuple, list[tuple[str, Any]]] = {}
         for name, path in models.items():
             state = torch.load(path, map_location="cpu", weights_only=False)
-            model = build_image_classifier(state["settings"], pretrained="none")
+            settings = state["settings"]
+            model = build_image_classifier(settings, pretrained="none")
             model.load_state_dict(state["model"])
-            self.models[name] = (model.to(self.device).eval(), state["settings"])
+            key = (settings["crop"], settings["image_size"], model.frozen_blocks, model.trunk_digest())
+            self.groups.setdefault(key, []).append((name, model.to(self.device).eval()))
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch[["_order", "image_id"]].copy()
-        for name, (model, settings) in self.models.items():
+        for (crop, size, _, _), members in self.groups.items():
             boxes = None
-            if settings["crop"] == "object":
+            if crop == "object":
                 boxes = [tuple(r) for r in batch[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
-            images = load_resized(batch["path"].tolist(), settings["image_size"], boxes).images
-            _, logits = model(to_float(images).to(self.device))
-            out[name] = list(logits.float().softmax(1).cpu().numpy())
+            images = to_float(load_resized(batch["path"].tolist(), size, boxes).images).to(self.device)
+            trunk = members[0][1].trunk(images)
+            for name, model in members:
+                _, logits = model(trunk, cached=True)
+                out[name] = list(logits.float().softmax(1).cpu().numpy())
         return out
 
 

@@ -46,6 +46,7 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     with run.stage("stage3", fp) as record:
         for name in model_names(cfg):
             figures["models"][name] = _train(cfg, run, catalog, name)
+        shutil.rmtree(run.stage3 / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
         record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
         run.stage3_json.write_text(json.dumps(figures, indent=2))
     return figures
@@ -88,7 +89,9 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
                       # all of it at stage 3's learning rate undid the localizer's features)
                       "frozen_blocks": frozen_blocks_for(
                           backbone, "localizer" if localizer.is_file() else cfg.pretrained,
-                          cfg.trainable_blocks, pretrained_default=1),
+                          cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0
+                          else cfg.trainable_blocks, pretrained_default=1),
+                      "trunk_cache": str((run.stage3 / "cache").resolve()),
                       "embedding_dim": cfg.embedding_dim, "lam": cfg.lambda_image,
                       "margin": cfg.triplet_margin, "mining": cfg.triplet_mining,
                       "epochs": cfg.stage3_epochs, "lr": cfg.stage3_lr, "seed": seed}

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,8 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         model.backbone.load_state_dict(backbone)
     cached = model.frozen_blocks > 0
     if cached:
-        model.to(ctx.device).eval()
-        with torch.no_grad():
-            train_x = torch.cat([model.trunk(to_float(train_x[i:i + 64]).to(ctx.device)).half().cpu()
-                                 for i in range(0, len(train_x), 64)])
-            val_x = torch.cat([model.trunk(to_float(val_x[i:i + 64]).to(ctx.device)).half().cpu()
-                               for i in range(0, len(val_x), 64)]) if len(val_x) else val_x
+        train_x = _trunk_outputs(model, train_x, ctx, config, "train")
+        val_x = _trunk_outputs(model, val_x, ctx, config, "val")
     net = ctx.wrap(model)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     best = KeepBest()
@@ -118,6 +116,36 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
                 "image_size", "crop")
         kept = best.apply(model)
         _save(config["output"], model, {**{k: config[k] for k in keys}, "epoch_kept": kept})
+
+
+def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext,
+                   config: dict[str, Any], split: str) -> torch.Tensor:
+    """The frozen blocks' outputs (half precision) for ``images``, computed once. With
+    ``config["trunk_cache"]`` they are kept on disk under a key of the frozen weights, the input
+    and this worker's shard, so classifiers that start from the same frozen weights and read the
+    same images (the original classifier and its seed-ensemble copies) share one pass."""
+    model.to(ctx.device).eval()
+    if not len(images):
+        return images
+    path = None
+    if config.get("trunk_cache"):
+        key = "|".join(map(str, (model.trunk_digest(), config["crop"], config["image_size"], split,
+                                 ctx.rank, ctx.world, len(images))))
+        path = Path(config["trunk_cache"]) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+        if path.is_file():
+            try:
+                return torch.load(path, map_location="cpu")
+            except Exception:  # a torn file from an interrupted writer: recompute it
+                pass
+    with torch.no_grad():
+        out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device)).half().cpu()
+                         for i in range(0, len(images), 64)])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(out, tmp)
+        tmp.replace(path)
+    return out
 
 
 # -- parts classifier ------------------------------------------------------------------------

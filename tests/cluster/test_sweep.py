@@ -35,10 +35,10 @@ def test_stage1_sweep_trains_each_trial_and_writes_the_best_config(cli, run_copy
     assert len(rows) == 2 and all(r["status"] in ("done", "stopped early (ASHA)") for r in rows)
     assert len({(r["alpha"], r["beta"], r["gamma"]) for r in rows}) == 2  # two different trials
     for r in rows:  # each trial trained stage 1 in its own directory and Tune saw every epoch
-        assert 0 <= float(r["val_acc_parts_mean"]) <= 100
+        assert 0 <= float(r["val_acc_parts_vote"]) <= 100
         assert (sweep / "trials" / r["trial"] / "stage1" / "parts.pt").is_file()
         assert int(r["iterations"]) >= 1
-    best = max(rows, key=lambda r: float(r["val_acc_parts_mean"]))
+    best = max(rows, key=lambda r: float(r["val_acc_parts_vote"]))
     values = yaml.safe_load((sweep / "best.yaml").read_text())
     assert (values["alpha"], values["beta"], values["gamma"]) == pytest.approx(
         (float(best["alpha"]), float(best["beta"]), float(best["gamma"])))

@@ -1,0 +1,97 @@
+"""Image classifiers that start from the same frozen weights share one pass through them: the
+digest that groups them, the on-disk trunk cache of training, and the evaluate actor's scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ghns.data.tensors import load_resized, to_float
+from ghns.models.backbones import create_backbone
+from ghns.models.classifiers import ImageClassifier
+from ghns.stage3.train import _trunk_outputs
+from ghns.train.runner import WorkerContext
+
+
+def _classifier(frozen: int, seed: int = 0) -> ImageClassifier:
+    torch.manual_seed(seed)
+    return ImageClassifier(create_backbone("tiny_cnn", "none"), 8, 3, frozen)
+
+
+def test_digest_follows_frozen_weights_only():
+    a, b = _classifier(2, seed=0), _classifier(2, seed=1)  # tiny_cnn: 3 blocks, 2 frozen
+    assert a.trunk_digest() != b.trunk_digest()
+    b.backbone.load_state_dict(a.backbone.state_dict())
+    assert a.trunk_digest() == b.trunk_digest()
+    with torch.no_grad():  # a trainable block and the heads do not count...
+        b.backbone.blocks[2][0][0].weight.add_(1.0)
+        b.classify.weight.add_(1.0)
+    assert a.trunk_digest() == b.trunk_digest()
+    with torch.no_grad():  # ...a frozen one does
+        b.backbone.blocks[0][0][0].weight.add_(1.0)
+    assert a.trunk_digest() != b.trunk_digest()
+
+
+def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
+    images = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
+    config = {"trunk_cache": str(tmp_path), "crop": "whole", "image_size": 32}
+    ctx = WorkerContext({})
+    a = _classifier(3)
+    first = _trunk_outputs(a, images, ctx, config, "train")
+    assert first.dtype == torch.float16 and len(list(tmp_path.glob("*.pt"))) == 1
+    with torch.no_grad():
+        expected = a.trunk(to_float(images)).half()
+    assert torch.equal(first, expected)
+
+    b = _classifier(3, seed=5)
+    b.backbone.load_state_dict(a.backbone.state_dict())
+    monkeypatch.setattr(b, "trunk", lambda x: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert torch.equal(_trunk_outputs(b, images, ctx, config, "train"), first)  # read, not recomputed
+    monkeypatch.undo()
+
+    _trunk_outputs(b, images, ctx, config, "val")  # another split: another entry
+    _trunk_outputs(b, images, ctx, {**config, "crop": "object"}, "train")  # another input
+    _trunk_outputs(_classifier(3, seed=9), images, ctx, config, "train")  # other frozen weights
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+
+
+def test_torn_cache_file_is_recomputed(tmp_path):
+    images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    config = {"trunk_cache": str(tmp_path), "crop": "whole", "image_size": 32}
+    a, ctx = _classifier(2), WorkerContext({})
+    first = _trunk_outputs(a, images, ctx, config, "train")
+    (path,) = tmp_path.glob("*.pt")
+    path.write_bytes(b"torn")
+    assert torch.equal(_trunk_outputs(a, images, ctx, config, "train"), first)
+
+
+@pytest.mark.slow
+def test_score_actor_matches_each_model_alone(tiny_run):
+    from ghns.stage3.evaluate import ScoreActor
+    from ghns.stage3.train import build_image_classifier
+
+    names = ["original", "object", "original_seed1"]
+    models = {n: str(tiny_run / "stage3" / f"{n}.pt") for n in names}
+    actor = ScoreActor(models)
+    groups = sorted(sorted(n for n, _ in members) for members in actor.groups.values())
+    assert groups == [["object"], ["original", "original_seed1"]]  # seeds share the frozen trunk
+
+    catalog = pd.read_parquet(tiny_run / "catalog.parquet")
+    loc = pd.read_parquet(tiny_run / "localization.parquet")
+    rows = catalog[catalog["split"] == "test"].head(6).merge(
+        loc[["image_id"] + [f"obj_{c}" for c in "xywh"]], on="image_id")
+    rows["_order"] = np.arange(len(rows))
+    scored = actor(rows)
+    for name, path in models.items():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model = build_image_classifier(state["settings"], pretrained="none")
+        model.load_state_dict(state["model"])
+        boxes = None
+        if state["settings"]["crop"] == "object":
+            boxes = [tuple(r) for r in rows[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
+        images = load_resized(rows["path"].tolist(), state["settings"]["image_size"], boxes).images
+        with torch.no_grad():
+            alone = model.eval()(to_float(images))[1].softmax(1).numpy()
+        np.testing.assert_allclose(np.stack(scored[name].to_numpy()), alone, atol=1e-5)
