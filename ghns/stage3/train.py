@@ -67,8 +67,8 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         model.backbone.load_state_dict(backbone)
     cached = model.frozen_blocks > 0
     if cached:
-        train_x = _trunk_outputs(model, train_x, ctx, config, "train")
-        val_x = _trunk_outputs(model, val_x, ctx, config, "val")
+        train_x = _trunk_outputs(model, train_x, ctx, config)
+        val_x = _trunk_outputs(model, val_x, ctx, config)
     net = ctx.wrap(model)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     best = KeepBest()
@@ -119,19 +119,21 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
 
 
 def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext,
-                   config: dict[str, Any], split: str) -> torch.Tensor:
+                   config: dict[str, Any]) -> torch.Tensor:
     """The frozen blocks' outputs (half precision) for ``images``, computed once. With
-    ``config["trunk_cache"]`` they are kept on disk under a key of the frozen weights, the input
-    and this worker's shard, so classifiers that start from the same frozen weights and read the
-    same images (the original classifier and its seed-ensemble copies) share one pass."""
+    ``config["trunk_cache"]`` they are kept on disk under a key of the frozen weights and the
+    pixels themselves, so classifiers that start from the same frozen weights and read the same
+    images (the original classifier and its seed-ensemble copies) share one pass, and a changed
+    crop, size or shard can never read another's entry."""
     model.to(ctx.device).eval()
     if not len(images):
         return images
     path = None
     if config.get("trunk_cache"):
-        key = "|".join(map(str, (model.trunk_digest(), config["crop"], config["image_size"], split,
-                                 ctx.rank, ctx.world, len(images))))
-        path = Path(config["trunk_cache"]) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+        key = hashlib.sha1(model.trunk_digest().encode())
+        key.update(str(tuple(images.shape)).encode())
+        key.update(images.contiguous().numpy().tobytes())
+        path = Path(config["trunk_cache"]) / f"{key.hexdigest()[:20]}.pt"
         if path.is_file():
             try:
                 return torch.load(path, map_location="cpu")

@@ -36,10 +36,10 @@ def test_digest_follows_frozen_weights_only():
 
 def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
     images = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
-    config = {"trunk_cache": str(tmp_path), "crop": "whole", "image_size": 32}
+    config = {"trunk_cache": str(tmp_path)}
     ctx = WorkerContext({})
     a = _classifier(3)
-    first = _trunk_outputs(a, images, ctx, config, "train")
+    first = _trunk_outputs(a, images, ctx, config)
     assert first.dtype == torch.float16 and len(list(tmp_path.glob("*.pt"))) == 1
     with torch.no_grad():
         expected = a.trunk(to_float(images)).half()
@@ -48,23 +48,25 @@ def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
     b = _classifier(3, seed=5)
     b.backbone.load_state_dict(a.backbone.state_dict())
     monkeypatch.setattr(b, "trunk", lambda x: (_ for _ in ()).throw(AssertionError("recomputed")))
-    assert torch.equal(_trunk_outputs(b, images, ctx, config, "train"), first)  # read, not recomputed
+    assert torch.equal(_trunk_outputs(b, images, ctx, config), first)  # read, not recomputed
     monkeypatch.undo()
 
-    _trunk_outputs(b, images, ctx, config, "val")  # another split: another entry
-    _trunk_outputs(b, images, ctx, {**config, "crop": "object"}, "train")  # another input
-    _trunk_outputs(_classifier(3, seed=9), images, ctx, config, "train")  # other frozen weights
+    other = images.clone()
+    other[0, 0, 0, 0] ^= 1  # one pixel differs (another crop, split or shard): another entry
+    _trunk_outputs(b, other, ctx, config)
+    _trunk_outputs(b, images[:, :, :16, :16].contiguous(), ctx, config)  # another size: another entry
+    _trunk_outputs(_classifier(3, seed=9), images, ctx, config)  # other frozen weights
     assert len(list(tmp_path.glob("*.pt"))) == 4
 
 
 def test_torn_cache_file_is_recomputed(tmp_path):
     images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
-    config = {"trunk_cache": str(tmp_path), "crop": "whole", "image_size": 32}
+    config = {"trunk_cache": str(tmp_path)}
     a, ctx = _classifier(2), WorkerContext({})
-    first = _trunk_outputs(a, images, ctx, config, "train")
+    first = _trunk_outputs(a, images, ctx, config)
     (path,) = tmp_path.glob("*.pt")
     path.write_bytes(b"torn")
-    assert torch.equal(_trunk_outputs(a, images, ctx, config, "train"), first)
+    assert torch.equal(_trunk_outputs(a, images, ctx, config), first)
 
 
 @pytest.mark.slow
