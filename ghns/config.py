@@ -85,7 +85,7 @@ class Config:
                             choices=("learned", "oracle"), section="localize")
     cam_threshold: float = _opt(0.2, "CAM threshold, as a fraction of the map's maximum.",
                                 low=0.0, high=1.0, low_open=True, high_open=True, section="localize")
-    foreground_threshold: float = _opt(0.3, "Foreground threshold of the 'parts' object method.",
+    foreground_threshold: float = _opt(0.5, "Foreground threshold of the 'parts' object method.",
                                        low=0.0, high=1.0, low_open=True, high_open=True,
                                        section="localize")
     part_box_scale: float = _opt(0.4, "Side of a part box as a fraction of the object box's "
@@ -97,6 +97,10 @@ class Config:
                                 section="localize")
     part_separation: float = _opt(5.0, "Weight of the part separation loss (part centres at "
                                        "least 0.2 of the image apart).", low=0.0, section="localize")
+    part_area: float = _opt(30.0, "Weight of the part area loss (each part covers at least "
+                                 "--part-min-area of the map).", low=0.0, section="localize")
+    part_min_area: float = _opt(0.06, "Smallest share of the map a part should cover (part area "
+                                      "loss).", low=0.0, high=1.0, section="localize")
     # -- stage 1: part networks and FilterNet ------------------------------------------------
     alpha: float = _opt(1.0, "Weight of the classification loss (Eq. 7).", low=0.0, section="stage1")
     beta: float = _opt(0.8, "Weight of the triplet loss (Eq. 7); 0 drops it.", low=0.0,

@@ -28,6 +28,13 @@ def part_compactness(assign: torch.Tensor) -> torch.Tensor:
     return (var / mass).mean()
 
 
+def part_area(assign: torch.Tensor, min_area: float = 0.06) -> torch.Tensor:
+    """Every part should cover a region, not a point: mean over images and parts of
+    ``relu(min_area - mass_k / (h w))``, the part's share of the map below ``min_area``."""
+    n, k, h, w = assign.shape
+    return torch.relu(min_area - assign.sum(dim=(2, 3)) / (h * w)).mean()
+
+
 def part_separation(assign: torch.Tensor, min_distance: float = 0.2) -> torch.Tensor:
     """Parts should not sit on one spot: mean over images and part pairs of
     ``relu(min_distance - |centre_k - centre_j|)``, centres of mass in [0, 1] coordinates."""

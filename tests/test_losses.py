@@ -10,6 +10,7 @@ import torch
 
 from ghns.losses import (
     adversarial_loss,
+    part_area,
     part_compactness,
     part_presence,
     part_separation,
@@ -48,6 +49,14 @@ def test_a_point_part_is_perfectly_compact():
     a = torch.zeros(1, 1, 4, 4)
     a[0, 0, 2, 1] = 1.0
     assert part_compactness(a).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_part_area_brute_force_and_zero_when_wide():
+    a = maps(seed=5) * 0.1
+    n, k, h, w = a.shape
+    expected = sum(max(0.0, 0.05 - a[i, j].sum().item() / (h * w)) for i in range(n) for j in range(k))
+    assert part_area(a, 0.05).item() == pytest.approx(expected / (n * k), rel=1e-5)
+    assert part_area(torch.ones(2, 3, 4, 4), 0.5).item() == 0.0
 
 
 def test_part_separation_brute_force_and_zero_when_apart():

@@ -80,7 +80,7 @@ def _learned_boxes(cfg, run: RunDir, catalog: Catalog, force: bool) -> tuple[pd.
         "image_size": cfg.resolved_localize_size(), "epochs": cfg.localize_epochs,
         "lr": cfg.localize_lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "compactness": cfg.part_compactness, "presence": cfg.part_presence,
-        "separation": cfg.part_separation,
+        "separation": cfg.part_separation, "area": cfg.part_area, "min_area": cfg.part_min_area,
         "torch_threads": torch_threads_for(cfg.workers),
     }
     result = fit(localizer_loop, loop_config, cfg, name="localize")

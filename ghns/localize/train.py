@@ -1,7 +1,8 @@
 """Training the localizer (``PartLocalizer``) from class labels alone: a Ray Train loop.
 
 Loss: cross-entropy of the CAM head + cross-entropy of the part head
-+ ``part_compactness`` * compactness + ``part_presence`` * presence. When the first backbone
++ ``part_compactness`` * compactness + ``part_presence`` * presence + ``part_separation`` *
+separation + ``part_area`` * area (see ``ghns.losses``). When the first backbone
 blocks are frozen (a pretrained backbone), their output is computed once and cached, and
 augmentation (horizontal flips) is applied to the cached maps.
 """
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
-from ghns.losses import part_compactness, part_presence, part_separation
+from ghns.losses import part_area, part_compactness, part_presence, part_separation
 from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
 from ghns.train.runner import WorkerContext
@@ -103,7 +104,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
         net.train()
         if cached:
             model.backbone.blocks[: model.frozen_blocks].eval()
-        totals = torch.zeros(6)
+        totals = torch.zeros(7)
         order = torch.randperm(len(train_y), generator=gen)
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
@@ -116,17 +117,18 @@ def localizer_loop(config: dict[str, Any]) -> None:
             l_part = F.cross_entropy(out["part_logits"], y)
             l_comp, l_pres = part_compactness(parts), part_presence(parts)
             l_sep = part_separation(parts)
+            l_area = part_area(parts, config["min_area"])
             loss = (l_cam + l_part + config["compactness"] * l_comp + config["presence"] * l_pres
-                    + config.get("separation", 0.0) * l_sep)
+                    + config.get("separation", 0.0) * l_sep + config["area"] * l_area)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             totals += torch.tensor([loss.item(), l_cam.item(), l_part.item(), l_comp.item(),
-                                    l_pres.item(), l_sep.item()]) * len(idx)
+                                    l_pres.item(), l_sep.item(), l_area.item()]) * len(idx)
         totals = ctx.all_reduce(torch.cat([totals, torch.tensor([float(len(order))])]))
-        metrics = dict(zip(("loss", "cam_loss", "part_loss", "compactness", "presence", "separation"),
-                           (totals[:6] / totals[6].clamp_min(1)).tolist()))
+        names = ("loss", "cam_loss", "part_loss", "compactness", "presence", "separation", "area")
+        metrics = dict(zip(names, (totals[:7] / totals[7].clamp_min(1)).tolist()))
         metrics.update(_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx))
         metrics["epoch"] = epoch
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),

@@ -31,6 +31,8 @@ def test_localize_writes_boxes_figures_and_skips_when_done(cli, ray_session, tmp
     assert "object_iou50" in out and "part_center_hit" in out
     history = json.loads((run / "localize" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
+    for term in ("cam_loss", "part_loss", "compactness", "presence", "separation", "area"):
+        assert all(np.isfinite(h[term]) and h[term] >= 0 for h in history), term
 
     code, out, err = cli("show", "parts", "--run-dir", run, "--rows", "3")
     assert code == 0, err
