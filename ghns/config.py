@@ -26,11 +26,20 @@ DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder"
 BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lite0")  # the registry's
 
 
+_NEW = object()  # marks an option that has been there from the start
+
+
 def _opt(default, help: str, *, choices: Iterable[str] | None = None, low=None, high=None,
-         low_open: bool = False, high_open: bool = False, section: str = "run"):
-    """A config field with its CLI help text and the bounds it is validated against."""
+         low_open: bool = False, high_open: bool = False, section: str = "run", before=_NEW):
+    """A config field with its CLI help text and the bounds it is validated against.
+
+    ``before``: for an option added after runs were saved without it, the value that reproduces
+    what those runs did (a saved run config or stage record that lacks the key reads as it).
+    """
     meta = {"help": help, "choices": tuple(choices) if choices else None, "low": low,
             "high": high, "low_open": low_open, "high_open": high_open, "section": section}
+    if before is not _NEW:
+        meta["before"] = before
     return field(default=default, metadata=meta)
 
 
@@ -98,7 +107,8 @@ class Config:
     part_separation: float = _opt(5.0, "Weight of the part separation loss (part centres at "
                                        "least 0.2 of the image apart).", low=0.0, section="localize")
     part_area: float = _opt(30.0, "Weight of the part area loss (each part covers at least "
-                                 "--part-min-area of the map).", low=0.0, section="localize")
+                                  "--part-min-area of the map).", low=0.0, section="localize",
+                            before=0.0)
     part_min_area: float = _opt(0.06, "Smallest share of the map a part should cover (part area "
                                       "loss).", low=0.0, high=1.0, section="localize")
     # -- stage 1: part networks and FilterNet ------------------------------------------------
@@ -215,6 +225,13 @@ class Config:
                 return f
         raise KeyError(name)
 
+    @classmethod
+    def value_before(cls, name: str) -> Any:
+        """What a run saved before option ``name`` existed used: its ``before`` value where it
+        has one, else its default."""
+        f = cls.field_info(name)
+        return f.metadata.get("before", f.default)
+
     def replace(self, **overrides: Any) -> "Config":
         """A copy with ``overrides`` applied (``None`` values are ignored), validated."""
         values = dataclasses.asdict(self)
@@ -258,8 +275,11 @@ class Config:
         tmp.replace(path)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, base: "Config | None" = None) -> "Config":
-        """Read a YAML file whose keys are the flags; keys it leaves out keep ``base``'s values."""
+    def from_yaml(cls, path: str | Path, base: "Config | None" = None,
+                  saved_run: bool = False) -> "Config":
+        """Read a YAML file whose keys are the flags; keys it leaves out keep ``base``'s values,
+        or, for a run's own saved config (``saved_run``), the value an option had before it
+        existed (``value_before``)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
@@ -272,6 +292,10 @@ class Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a mapping of flag: value, got {type(data).__name__}")
         overrides = {_known_key(str(k), str(path)): v for k, v in data.items()}
+        if saved_run:
+            for f in dataclasses.fields(cls):
+                if f.name not in overrides and "before" in f.metadata:
+                    overrides[f.name] = f.metadata["before"]
         base = base or cls()
         try:
             return base.replace(**overrides)
@@ -291,7 +315,7 @@ def resolve_config(config_file: str | None = None,
     cfg = Config()
     saved = Path(run_dir) / "config.yaml"
     if use_run_dir and saved.is_file():
-        cfg = Config.from_yaml(saved)
+        cfg = Config.from_yaml(saved, saved_run=True)
     if config_file is not None:
         cfg = Config.from_yaml(config_file, base=cfg)
     overrides["run_dir"] = run_dir

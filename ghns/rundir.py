@@ -132,7 +132,8 @@ class RunDir:
             log.info("%s: settings changed (%s): running it again", stage, ", ".join(keys))
             return False
         if keys:
-            changes = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys[:4])
+            changes = ", ".join(f"{k}: {recorded_value(old, k)!r} -> {fingerprint.get(k)!r}"
+                                for k in keys[:4])
             raise StageError(f"{self.path} already holds stage '{stage}' run with other settings "
                              f"({changes}); pass --force to redo it or use another --run-dir")
         return True
@@ -152,19 +153,24 @@ class RunDir:
         self._write_stages(stages)
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Settings that differ between a recorded fingerprint and the current one. A run recorded
-    before a setting existed stays valid while that setting is at its default, and a setting
-    that no longer feeds the stage (moved to a later one) is ignored."""
+def recorded_value(old: dict[str, Any], key: str) -> Any:
+    """``key`` in a recorded fingerprint; a run recorded before the setting existed reads as the
+    value that reproduces it (``Config.value_before``: its ``before`` value, else its default)."""
     from ghns.config import Config
 
-    def default(key: str) -> Any:
-        try:
-            return Config.field_info(key).default
-        except KeyError:
-            return None
+    if key in old:
+        return old[key]
+    try:
+        return Config.value_before(key)
+    except KeyError:
+        return None
 
-    return sorted(k for k in new if (old[k] if k in old else default(k)) != new[k])
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Settings that differ between a recorded fingerprint and the current one. A run recorded
+    before a setting existed stays valid while that setting is at ``recorded_value``, and a
+    setting that no longer feeds the stage (moved to a later one) is ignored."""
+    return sorted(k for k in new if recorded_value(old, k) != new[k])
 
 
 def fingerprint(cfg, stage: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from ghns.config import Config, resolve_config
 from ghns.errors import ConfigError
@@ -92,3 +93,23 @@ def test_recorded_fingerprints_survive_new_and_moved_settings():
     assert changed_keys({"tau": 0.95, "fusion_step": 0.05}, {"tau": 0.95}) == []  # moved away
     assert changed_keys({"tau": 0.9}, new) == ["tau"]
     assert changed_keys({"tau": 0.95}, {"tau": 0.95, "fusion_weights": "1,0,0"}) == ["fusion_weights"]
+
+
+def test_runs_saved_before_an_option_existed_keep_what_they_did(tmp_path):
+    from ghns.rundir import changed_keys
+
+    # part_area (the localizer's area loss) came after runs that trained without it
+    assert Config().part_area == 30.0 and Config.value_before("part_area") == 0.0
+    assert Config.value_before("tau") == Config().tau  # an option there from the start
+    assert changed_keys({"part_separation": 5.0}, {"part_separation": 5.0, "part_area": 0.0}) == []
+    assert changed_keys({"part_separation": 5.0},
+                        {"part_separation": 5.0, "part_area": 30.0}) == ["part_area"]
+
+    run = tmp_path / "run"
+    saved = Config(run_dir=str(run)).to_dict()
+    del saved["part_area"]
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert resolve_config(overrides={"run_dir": str(run)}).part_area == 0.0
+    assert resolve_config(overrides={"run_dir": str(run), "part_area": 12.0}).part_area == 12.0
+    assert resolve_config(overrides={"run_dir": str(tmp_path / "new")}).part_area == 30.0
