@@ -31,7 +31,7 @@ def part_compactness(assign: torch.Tensor) -> torch.Tensor:
 def part_area(assign: torch.Tensor, min_area: float = 0.06) -> torch.Tensor:
     """Every part should cover a region, not a point: mean over images and parts of
     ``relu(min_area - mass_k / (h w))``, the part's share of the map below ``min_area``."""
-    n, k, h, w = assign.shape
+    h, w = assign.shape[-2:]
     return torch.relu(min_area - assign.sum(dim=(2, 3)) / (h * w)).mean()
 
 

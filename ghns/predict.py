@@ -36,7 +36,7 @@ class Predictor:
 
         if not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
-        self.cfg = Config.from_yaml(run.config)
+        self.cfg = Config.from_yaml(run.config, saved_run=True)
         if self.cfg.object_method == "oracle" or self.cfg.part_method == "oracle":
             raise StageError("this run used oracle boxes, which new images do not have; predict needs "
                              "a run with --object-method parts|cam and --part-method learned")

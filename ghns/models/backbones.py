@@ -97,7 +97,7 @@ def _load_state(model: nn.Module, path: str, strict: bool = True) -> None:
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     # Replicate, not zero, padding: a zero border tells every layer where the image edge is, and a
-    # part of the localizer would sit on that edge in every image (measured on the synthetic set).
+    # part of the localizer settled on that edge (synthetic set; README, Localization).
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False,
                                    padding_mode="replicate"),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
