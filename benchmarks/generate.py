@@ -4,6 +4,9 @@ Problem: 5,994 reference images x 3 parts, D=512, 200 classes (about 30 train im
 CUB-200-2011), class-structured random unit embeddings (each class has a centre per part; images
 scatter around it) and a linear FilterNet trained on them.
 
+Replacement lists follow the generator's defaults (donor classes and the band, ``--donor-classes``,
+``--band-quantile``), as ``ghns generate`` builds them.
+
 1. Same candidate space, same selection rule, two ways, on the first ``--classes`` classes:
    * pipeline: ``fill_class`` (per-part logit tables, cheap necessary condition, early stop);
    * brute force: every candidate of every shell materialised as concatenated embeddings and
@@ -46,6 +49,7 @@ from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import write_embeddings
 from ghns.stage2.generate import fill_class, fill_class_dense, shells
 from ghns.stage2.neighbours import PartNeighbours
+from ghns.stage2.replacements import Replacements
 from ghns.stage2.scoring import PartTables, class_scores
 
 N, C, D, PARTS = 5994, 200, 512, 3
@@ -86,15 +90,17 @@ def space_size(refs: int, k: int) -> int:
     return refs * (PARTS * k + PARTS * k * k)
 
 
-def compare(emb, labels, net, classes: int, per_class: int, tau: float, k: int) -> dict:
+def compare(emb, labels, net, classes: int, per_class: int, tau: float, k: int, donors: int,
+            band: float) -> dict:
     tables = PartTables.from_filternet(net, emb)
-    index = PartNeighbours(emb, labels, use_gpu=False)
+    repl = Replacements(PartNeighbours(emb, labels, use_gpu=False), emb, labels, C, k,
+                        band_quantile=band, donors=donors)
     fast_t = dense_t = 0.0
     same = True
     space = kept = scored = 0
     for target in range(classes):
         refs = np.nonzero(labels == target)[0]
-        nb = [index.search(refs, p, k) for p in range(PARTS)]
+        nb = repl.lists(target, refs)
         space += space_size(len(refs), k)
         t0 = time.perf_counter()
         fast = fill_class(target, refs, nb, labels, tables, per_class, tau, k)
@@ -134,7 +140,8 @@ def make_run(folder: Path, emb, labels, net) -> Config:
     return cfg
 
 
-def ray_generate(cfg: Config, actors: int, per_class: int, tau: float, k: int) -> tuple[float, list]:
+def ray_generate(cfg: Config, actors: int, per_class: int, tau: float, k: int, donors: int,
+                 band: float) -> tuple[float, list]:
     from ghns.raykit import map_batches_pandas
     from ghns.stage2.actor import GenerateActor
 
@@ -145,6 +152,7 @@ def ray_generate(cfg: Config, actors: int, per_class: int, tau: float, k: int) -
         pd.DataFrame({"class": range(C)}), RssActor,
         {"embeddings_path": str(run.embeddings), "filternet_path": str(run.filternet),
          "out_dir": str(out), "per_class": per_class, "tau": tau, "neighbors": k,
+         "donors": donors, "band_quantile": band,
          "threads": max(1, (os.cpu_count() or 1) // actors)},
         cfg.replace(actors=actors), actors=actors, batch_size=1)
     return time.perf_counter() - t0, stats.to_dict("records")
@@ -168,9 +176,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=20, help="classes in the brute-force comparison")
     ap.add_argument("--neighbors", type=int, default=16)
-    ap.add_argument("--tau", type=float, default=0.95)
+    defaults = Config()
+    ap.add_argument("--tau", type=float, default=defaults.tau)
     ap.add_argument("--per-class", type=int, default=150)
+    ap.add_argument("--donor-classes", type=int, default=defaults.donor_classes)
+    ap.add_argument("--band-quantile", type=float, default=defaults.band_quantile)
     args = ap.parse_args()
+    rules = (args.donor_classes, args.band_quantile)
 
     emb, labels = problem()
     t0 = time.perf_counter()
@@ -182,9 +194,10 @@ def main() -> None:
           file=sys.stderr)
     result = {"bench": "generate", "problem": f"{N} refs x {PARTS} parts, D={D}, {C} classes",
               "neighbors": args.neighbors, "tau": args.tau, "per_class": args.per_class,
-              "compared_classes": args.classes}
-    result.update(compare(emb, labels, net, args.classes, args.per_class, args.tau, args.neighbors))
-    worst = compare(emb, labels, net, args.classes, args.per_class, 0.999999, args.neighbors)
+              "compared_classes": args.classes, "donor_classes": args.donor_classes,
+              "band_quantile": args.band_quantile}
+    result.update(compare(emb, labels, net, args.classes, args.per_class, args.tau, args.neighbors, *rules))
+    worst = compare(emb, labels, net, args.classes, args.per_class, 0.999999, args.neighbors, *rules)
     result.update({"speedup_every_shell": worst["speedup"], "same_bank_every_shell": worst["same_bank"]})
 
     from ghns.raykit import ensure_ray
@@ -192,12 +205,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_run(Path(tmp) / "run", emb, labels, net)
         ensure_ray(cfg)
-        one, _ = ray_generate(cfg, 1, args.per_class, args.tau, args.neighbors)
-        two, _ = ray_generate(cfg, 2, args.per_class, args.tau, args.neighbors)
+        one, _ = ray_generate(cfg, 1, args.per_class, args.tau, args.neighbors, *rules)
+        two, _ = ray_generate(cfg, 2, args.per_class, args.tau, args.neighbors, *rules)
         result.update({"ray_1_actor_s": round(one, 2), "ray_2_actors_s": round(two, 2),
                        "actors_2_vs_1": round(one / two, 2)})
-        small, s_stats = ray_generate(cfg, 1, args.per_class, 0.999999, 5)
-        large, l_stats = ray_generate(cfg, 1, args.per_class, 0.999999, 17)
+        small, s_stats = ray_generate(cfg, 1, args.per_class, 0.999999, 5, *rules)
+        large, l_stats = ray_generate(cfg, 1, args.per_class, 0.999999, 17, *rules)
         rss_small = max(s["peak_rss_mb"] for s in s_stats)
         rss_large = max(s["peak_rss_mb"] for s in l_stats)
         result.update({
@@ -213,7 +226,9 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "ghns", "generate", "--run-dir", cfg.run_dir,
                                "--per-class", str(args.per_class), "--tau", str(args.tau),
-                               "--neighbors", str(args.neighbors)], capture_output=True, text=True)
+                               "--neighbors", str(args.neighbors), "--donor-classes",
+                               str(args.donor_classes), "--band-quantile", str(args.band_quantile)],
+                              capture_output=True, text=True)
         result["wall_s_per_class_150"] = round(time.perf_counter() - t0, 1)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)

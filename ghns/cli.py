@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -228,9 +229,18 @@ def print_generate(run) -> None:
     fill = f["fill"]
     typer.echo(f"  classes filled: {fill['full']} of {f['classes']}; fill mean {fill['mean']}, "
                f"min {fill['min']}")
-    if f.get("same_variant_rate") is not None:
-        typer.echo(f"  kept sets whose swapped parts are the reference's own variant (look exactly "
-                   f"like its class; synthetic ground truth): {f['same_variant_rate']}")
+    if f.get("filternet_temperature") is not None:
+        typer.echo(f"  FilterNet temperature (fitted on val): {f['filternet_temperature']:.3g}; "
+                   f"band quantile {st.get('band_quantile', 1.0)}")
+    sim = f.get("swap_similarity")
+    if sim and sim.get("inside_own_spread") is not None:
+        typer.echo(f"  swapped parts at least as similar as their class's own median pair (likely "
+                   f"false negatives): {sim['inside_own_spread']}")
+    if f.get("purity"):
+        p = f["purity"]
+        typer.echo(f"  purity (every swapped part of another variant; synthetic ground truth): "
+                   f"{p['overall']}; classes full with purity >= 0.9: {p['classes_pure']} of "
+                   f"{f['classes']}; same-variant sets {f['same_variant_rate']}")
     for s in f["short"][:10]:
         typer.echo(f"  short: {s['class']}: {s['kept']} kept, {s['reason']}")
     if len(f["short"]) > 10:
@@ -294,6 +304,30 @@ def sweep(cfg: Config,
     typer.echo((result.directory / "results.md").read_text())
     typer.echo(f"best: {result.best[METRIC[space]]} ({METRIC[space]}, validation); "
                f"config: {result.best_config}")
+
+
+@app.command()
+@with_config(*ALL_SECTIONS)
+def study(cfg: Config,
+          seeds: int = typer.Option(10, "--seeds", min=2, help="Seeds per arm."),
+          tau_grid: Optional[str] = typer.Option(None, "--tau-grid", help="Also generate banks at "
+                                                 "these tau values, e.g. '0.5,0.8'."),
+          per_class_grid: Optional[str] = typer.Option(None, "--per-class-grid", help="And with these "
+                                                       "negatives per class, e.g. '10,50,150,250' "
+                                                       "(the paper's Fig. 4)."),
+          out: Optional[str] = typer.Option(None, "--out", help="Study folder (default: "
+                                            "<run-dir>/study)."),
+          force: bool = typer.Option(False, "--force", help="Start the study over.")) -> None:
+    """Do the hard negatives help? The parts classifier with and without them over seeds, alone
+    and fused, with paired 95% intervals and McNemar; study.json / study.md / study.png."""
+    from ghns.study import parse_grid, run_study
+
+    result = run_study(cfg, seeds, parse_grid(tau_grid, float, "tau_grid"),
+                       parse_grid(per_class_grid, int, "per_class_grid"), out=out, force=force)
+    folder = Path(out) if out else Path(cfg.run_dir) / "study"
+    typer.echo((folder / "study.md").read_text().rstrip())
+    typer.echo(f"(study: {folder / 'study.json'}, {folder / 'study.png'})")
+    del result
 
 
 @app.command()

@@ -151,15 +151,29 @@ class Config:
     # -- stage 2: hard-negative generation ---------------------------------------------------
     per_class: int = _opt(150, "Hard negatives to generate per class (paper: 150-200 best).",
                           low=1, section="stage2")
-    tau: float = _opt(0.95, "Keep a candidate when FilterNet still gives its reference class a "
-                            "softmax score >= tau.", low=0.0, high=1.0, low_open=True,
-                      high_open=True, section="stage2")
+    tau: float = _opt(0.5, "Keep a candidate when FilterNet still gives its reference class a "
+                           "softmax score >= tau (calibrated with --calibrate: 0.5 = more likely "
+                           "class A than all others together; the paper: 0.95, uncalibrated).",
+                      low=0.0, high=1.0, low_open=True, high_open=True, section="stage2")
     neighbors: int = _opt(16, "Replacement parts per reference part: its K nearest other-class "
                               "parts (FAISS), nearest first.", low=1, section="stage2")
     max_part_similarity: float = _opt(0.95, "Skip replacement parts more similar than this (cosine) "
                                             "to the part they replace: near-identical parts make "
                                             "false negatives. 1.0 = the paper (no limit).",
                                       low=-1.0, high=1.0, section="stage2")
+    donor_classes: int = _opt(5, "Replace part k of a class-A reference only with parts of the "
+                                 "classes most like A on the other parts and least like it on part "
+                                 "k (class centroids of the part embeddings): near misses, not "
+                                 "look-alikes; 0 = every other class (the paper).", low=0,
+                              section="stage2", before=0)
+    band_quantile: float = _opt(0.5, "Replacement band: skip replacement parts more similar to the "
+                                     "part they replace than this quantile of the similarities "
+                                     "between two of the reference class's own images (inside the "
+                                     "class's own spread: false negatives); 1.0 = no band (the "
+                                     "paper's nearest-first order).", low=0.0, high=1.0,
+                                section="stage2", before=1.0)
+    calibrate: bool = _opt(True, "Fit FilterNet's temperature on val before scoring candidates, so "
+                                 "tau is a calibrated probability.", section="stage2", before=False)
     # -- stage 3: final classifiers -------------------------------------------------------------
     stage3_epochs: int = _opt(12, "Epochs of the original-image and object classifiers (they start "
                                   "from the localizer's backbone).", low=1, section="stage3")
@@ -177,6 +191,9 @@ class Config:
                           section="stage3")
     quad_m2: float = _opt(0.2, "Quadruplet margin m2 (Eq. 9), > 0.", low=0.0, low_open=True,
                           section="stage3")
+    negatives_per_anchor: int = _opt(1, "Generated hard negatives n+ per anchor in each batch of the "
+                                        "parts classifier (Eq. 9 is averaged over them).", low=1,
+                                     section="stage3", before=1)
     parts_epochs: int = _opt(60, "Epochs of the parts classifier (on embeddings: cheap).", low=1,
                              section="stage3")
     parts_lr: float = _opt(0.05, "Initial learning rate of the parts classifier.", low=0.0,

@@ -81,8 +81,11 @@ def negatives_mosaic(run: RunDir, rows: int = 8, out: str | None = None, seed: i
                      side: int = 96) -> Path:
     """One row per hard negative (from different classes): the reference's three part crops, then
     the negative's three part crops, each labelled with the class it comes from; swapped parts
-    are framed in red. Returns the PNG path."""
+    are framed in red and labelled with their cosine similarity to the part they replaced (in the
+    stage-1 embedding). Returns the PNG path."""
+    from ghns.stage1.table import read_embeddings
     from ghns.stage2.bank import read_bank
+    from ghns.stage2.purity import swap_similarities
 
     bank, _ = read_bank(run.negatives, with_embeddings=False)
     if bank.empty:
@@ -93,6 +96,8 @@ def negatives_mosaic(run: RunDir, rows: int = 8, out: str | None = None, seed: i
     names = catalog.classes
     one_per_class = bank.sample(frac=1.0, random_state=seed).drop_duplicates("class")
     pick = one_per_class.head(rows).sort_values("class")
+    meta, emb = read_embeddings(run.embeddings)
+    sims = swap_similarities(pick, {int(i): r for r, i in enumerate(meta["image_id"])}, emb)
     label_h = 14
     width = 6 * (side + 6) + 30
     canvas = Image.new("RGB", (width, 20 + len(pick) * (side + 2 * label_h + 8)), (20, 20, 20))
@@ -124,8 +129,10 @@ def negatives_mosaic(run: RunDir, rows: int = 8, out: str | None = None, seed: i
             if neg["swapped"][k] == "1":
                 draw.rectangle([left2, top + label_h, left2 + side - 1, top + label_h + side - 1],
                                outline=(230, 40, 40), width=3)
-            draw.text((left2, top + label_h + side + 1),
-                      names[int(neg[f"part{k + 1}_class"])][:18], fill=(180, 180, 180))
+            label = names[int(neg[f"part{k + 1}_class"])][:18]
+            if neg["swapped"][k] == "1":
+                label = f"{label[:12]} cos {sims[r, k]:.2f}"
+            draw.text((left2, top + label_h + side + 1), label, fill=(180, 180, 180))
     path = Path(out) if out else run.figures / "negatives.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

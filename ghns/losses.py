@@ -86,6 +86,20 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float,
     return losses.mean()
 
 
+def batch_hardest(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor, the index of its farthest same-class row (itself when it has none) and its
+    nearest other-class row (its farthest row when the batch has no other class); squared L2,
+    ties to the lower index."""
+    d = torch.cdist(f, f).pow(2).detach()
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
+    pos = torch.where(same & ~eye, d, torch.full_like(d, -1.0)).argmax(1)
+    pos = torch.where((same & ~eye).any(1), pos, torch.arange(len(y), device=y.device))
+    neg = torch.where(~same, d, torch.full_like(d, float("inf"))).argmin(1)
+    neg = torch.where((~same).any(1), neg, d.argmax(1))
+    return pos, neg
+
+
 # The 6 non-empty proper subsets of the 3 parts, as replace masks (True = part taken from another image).
 _SUBSETS = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1],
                          [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)

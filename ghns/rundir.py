@@ -153,6 +153,17 @@ class RunDir:
         self._write_stages(stages)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of this process, then rename: a
+    reader sees the old file or the new one, never a torn one."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def recorded_value(old: dict[str, Any], key: str) -> Any:
     """``key`` in a recorded fingerprint; a run recorded before the setting existed reads as the
     value that reproduces it (``Config.value_before``: its ``before`` value, else its default)."""

@@ -13,7 +13,7 @@ from tests.conftest import TINY_SYNTHETIC
 from tests.data.test_cub import make_cub
 
 COMMANDS = ["pipeline", "localize", "train-parts", "generate", "train-final", "evaluate",
-            "predict", "sweep", "show", "data"]
+            "predict", "sweep", "study", "show", "data"]
 
 
 def test_help_lists_every_command(cli):
@@ -24,7 +24,8 @@ def test_help_lists_every_command(cli):
 
 
 NON_CONFIG = {"config", "force", "help", "rows", "out", "top",  # command switches, not run settings
-              "space", "trials", "scheduler", "concurrent"}  # sweep's own
+              "space", "trials", "scheduler", "concurrent",  # sweep's own
+              "seeds", "tau_grid", "per_class_grid"}  # study's own
 
 
 def test_every_config_flag_is_a_config_key():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ghns.losses import (
+    batch_hardest,
     adversarial_loss,
     part_area,
     part_compactness,
@@ -229,3 +230,20 @@ def test_quadruplet_loss_margins_and_empty_batch():
     loss = quadruplet_loss(e, e, e, e, 1.0, 0.5)
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
+
+
+def test_batch_hardest_brute_force():
+    torch.manual_seed(4)
+    f = torch.randn(9, 5)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 0, 3, 2])
+    pos, neg = batch_hardest(f, y)
+    for i in range(len(y)):
+        d = [float(((f[i] - f[j]) ** 2).sum()) for j in range(len(y))]
+        same = [j for j in range(len(y)) if y[j] == y[i] and j != i]
+        other = [j for j in range(len(y)) if y[j] != y[i]]
+        want_pos = max(same, key=lambda j: (d[j], -j)) if same else i
+        want_neg = min(other, key=lambda j: (d[j], j))
+        assert pos[i] == want_pos and neg[i] == want_neg
+    # class 3 has one image: its positive is itself; a single-class batch's negative is its farthest row
+    pos1, neg1 = batch_hardest(f[:2], torch.tensor([0, 0]))
+    assert pos1.tolist() == [1, 0] and neg1.tolist() == [1, 0]

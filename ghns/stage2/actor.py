@@ -1,5 +1,6 @@
-"""The FilterNet actor of Ray Data: FAISS indexes, logit tables and FilterNet loaded once per
-actor; batches of class ids in, one bank shard per class written, statistics out."""
+"""The FilterNet actor of Ray Data: FAISS indexes, replacement rules, logit tables and FilterNet
+loaded once per actor; batches of class ids in, one bank shard per class written, statistics
+out."""
 
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ import pandas as pd
 from ghns.stage2.bank import write_shard
 from ghns.stage2.generate import fill_class
 from ghns.stage2.neighbours import PartNeighbours
+from ghns.stage2.replacements import Replacements
 from ghns.stage2.scoring import make_scorer
-
-N_PARTS = 3
-
 
 class GenerateActor:
     def __init__(self, embeddings_path: str, filternet_path: str, out_dir: str, per_class: int,
                  tau: float, neighbors: int, max_similarity: float = 1.0, threads: int = 1,
-                 use_gpu: bool = False) -> None:
+                 use_gpu: bool = False, band_quantile: float = 1.0, temperature: float = 1.0,
+                 donors: int = 0) -> None:
         from ghns.stage1.table import read_embeddings
         from ghns.stage1.stage import load_filternet_file
 
@@ -35,11 +35,14 @@ class GenerateActor:
         self.image_ids = meta["image_id"].to_numpy()[train]
         self.labels = meta["label"].to_numpy()[train]
         self.embeddings = emb[train]
-        self.scorer = make_scorer(load_filternet_file(Path(filternet_path)), self.embeddings)
-        self.index = PartNeighbours(self.embeddings, self.labels, use_gpu=use_gpu)
+        self.scorer = make_scorer(load_filternet_file(Path(filternet_path)), self.embeddings,
+                                  temperature)
+        n_classes = int(meta["label"].max()) + 1 if len(meta) else 0
+        self.replacements = Replacements(PartNeighbours(self.embeddings, self.labels, use_gpu=use_gpu),
+                                         self.embeddings, self.labels, n_classes, neighbors,
+                                         max_similarity, band_quantile, donors)
         self.out_dir = Path(out_dir)
         self.per_class, self.tau, self.k = per_class, tau, neighbors
-        self.max_similarity = max_similarity
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [{"_order": order, **self.one_class(int(target))}
@@ -49,7 +52,7 @@ class GenerateActor:
     def one_class(self, target: int) -> dict:
         start = time.perf_counter()
         refs = np.nonzero(self.labels == target)[0]
-        neighbours = [self.index.search(refs, k, self.k, self.max_similarity) for k in range(N_PARTS)]
+        neighbours = self.replacements.lists(target, refs)
         res = fill_class(target, refs, neighbours, self.labels, self.scorer, self.per_class,
                          self.tau, self.k)
         stats = {"class": target, "references": len(refs), "kept": res.kept,

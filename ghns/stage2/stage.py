@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,19 @@ import pandas as pd
 
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.rundir import RunDir, fingerprint
+from ghns.rundir import RunDir, atomic_write_text, fingerprint
 from ghns.stage2.bank import shard_path, shard_stats
 
 log = logging.getLogger(__name__)
+
+
+GENERATOR_KEYS = ("per_class", "tau", "neighbors", "max_part_similarity", "donor_classes",
+                  "band_quantile", "calibrate")
+
+
+def generator_settings(cfg, **overrides: Any) -> dict[str, Any]:
+    """The settings a bank depends on (besides stage 1's outputs), under their Config names."""
+    return {**{k: getattr(cfg, k) for k in GENERATOR_KEYS}, **overrides}
 
 
 def run_generate(cfg, force: bool = False) -> dict[str, Any]:
@@ -36,39 +46,81 @@ def run_generate(cfg, force: bool = False) -> dict[str, Any]:
         log.info("generate: done already (%s)", run.negatives)
         return json.loads(run.generate_json.read_text())
     catalog = Catalog.read(run.catalog)
-    settings = {k: fp[k] for k in ("per_class", "tau", "neighbors", "max_part_similarity")}
-    inputs = _inputs_digest(run)
-    settings_file = run.negatives / "settings.json"
-    previous = json.loads(settings_file.read_text()) if settings_file.is_file() else None
-    if force or (previous is not None and previous.get("inputs") != inputs):
-        if previous is not None and not force:
-            log.info("generate: stage 1 changed since %s was written; starting over", run.negatives)
-        shutil.rmtree(run.negatives, ignore_errors=True)
-    elif previous is not None and previous.get("settings") != settings:
-        raise StageError(f"{run.negatives} holds an interrupted run with other settings "
-                         f"({previous.get('settings')}); pass --force to start over")
-    run.negatives.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps({"settings": settings, "inputs": inputs}))
-
+    settings = generator_settings(cfg)
+    prepare_bank(run, run.negatives, settings, force)
     with run.stage("generate", fp) as record:
         start = time.perf_counter()
-        classes = list(range(len(catalog.classes)))
-        done = [c for c in classes if shard_path(run.negatives, c).is_file()]
-        todo = [c for c in classes if c not in set(done)]
-        if done:
-            log.info("generate: resuming, %d of %d classes already done", len(done), len(classes))
-        stats = [shard_stats(shard_path(run.negatives, c)) for c in done]
-        if todo:
-            stats += _generate(cfg, run, todo)
+        stats, temperature = write_bank(cfg, run, run.negatives, settings)
         figures = summarize(stats, catalog.classes, cfg.per_class)
-        truth = same_variant_rate(run, catalog)
-        if truth is not None:
-            figures["same_variant_rate"] = truth
-        figures.update({"settings": settings, "actors": cfg.actors,
-                        "seconds": round(time.perf_counter() - start, 2)})
+        figures.update(bank_figures(run, catalog, run.negatives, cfg.per_class))
+        figures.update({"settings": settings, "filternet_temperature": temperature,
+                        "actors": cfg.actors, "seconds": round(time.perf_counter() - start, 2)})
         record["figures"] = {k: figures[k] for k in ("kept", "candidates", "classes_short")}
-        run.generate_json.write_text(json.dumps(figures, indent=2))
+        atomic_write_text(run.generate_json, json.dumps(figures, indent=2))
     return figures
+
+
+def prepare_bank(run: RunDir, folder: Path, settings: dict[str, Any], force: bool = False) -> None:
+    """Make ``folder`` ready for ``settings``: kept as it is when it holds (part of) a bank of the
+    same settings and stage-1 outputs (the run resumes), emptied when forced or when stage 1
+    changed, refused when it holds an interrupted bank of other settings."""
+    inputs = _inputs_digest(run)
+    settings_file = folder / "settings.json"
+    previous = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+    if previous is not None:
+        previous["settings"] = {k: previous["settings"].get(k, _before(k)) for k in settings}
+    if force or (previous is not None and previous.get("inputs") != inputs):
+        if previous is not None and not force:
+            log.info("generate: stage 1 changed since %s was written; starting over", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    elif previous is not None and previous.get("settings") != settings:
+        raise StageError(f"{folder} holds an interrupted run with other settings "
+                         f"({previous.get('settings')}); pass --force to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(settings_file, json.dumps({"settings": settings, "inputs": inputs}))
+
+
+def _before(key: str) -> Any:
+    from ghns.config import Config
+
+    return Config.value_before(key)
+
+
+def write_bank(cfg, run: RunDir, folder: Path, settings: dict[str, Any]) -> tuple[list[dict], float]:
+    """Fill every class's shard in ``folder`` that is not there yet (Ray Data, FilterNet actors);
+    returns every class's statistics and the FilterNet temperature used."""
+    catalog = Catalog.read(run.catalog)
+    classes = list(range(len(catalog.classes)))
+    done = [c for c in classes if shard_path(folder, c).is_file()]
+    todo = [c for c in classes if c not in set(done)]
+    if done:
+        log.info("generate: resuming, %d of %d classes already done", len(done), len(classes))
+    temperature = filternet_temperature(run) if settings["calibrate"] else 1.0
+    stats = [shard_stats(shard_path(folder, c)) for c in done]
+    if todo:
+        stats += _generate(cfg, run, todo, folder, settings, temperature)
+    return stats, temperature
+
+
+def filternet_temperature(run: RunDir) -> float:
+    """FilterNet's temperature fitted on the val split's (unshuffled) sets; 1.0 without val."""
+    import torch
+
+    from ghns.stage1.stage import load_filternet_file
+    from ghns.stage1.table import read_embeddings
+    from ghns.stage2.scoring import fit_temperature
+
+    meta, emb = read_embeddings(run.embeddings)
+    val = (meta["split"] == "val").to_numpy()
+    if not val.any():
+        log.warning("generate: no val split to calibrate FilterNet on; temperature 1")
+        return 1.0
+    net = load_filternet_file(run.filternet)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(emb[val])).double().numpy()
+    temperature = fit_temperature(logits, meta["label"].to_numpy()[val])
+    log.info("generate: FilterNet temperature %.3g (fitted on %d val sets)", temperature, int(val.sum()))
+    return temperature
 
 
 def _inputs_digest(run: RunDir) -> str:
@@ -79,27 +131,52 @@ def _inputs_digest(run: RunDir) -> str:
     return digest.hexdigest()
 
 
-def _generate(cfg, run: RunDir, todo: list[int]) -> list[dict]:
+def _generate(cfg, run: RunDir, todo: list[int], folder: Path, settings: dict[str, Any],
+              temperature: float) -> list[dict]:
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage2.actor import GenerateActor
 
     out = map_batches_pandas(
         pd.DataFrame({"class": todo}), GenerateActor,
         {"embeddings_path": str(run.embeddings.resolve()), "filternet_path": str(run.filternet.resolve()),
-         "out_dir": str(run.negatives.resolve()), "per_class": cfg.per_class, "tau": cfg.tau,
-         "neighbors": cfg.neighbors, "max_similarity": cfg.max_part_similarity,
+         "out_dir": str(folder.resolve()), "per_class": settings["per_class"], "tau": settings["tau"],
+         "neighbors": settings["neighbors"], "max_similarity": settings["max_part_similarity"],
+         "band_quantile": settings["band_quantile"], "temperature": temperature,
+         "donors": settings["donor_classes"],
          "threads": torch_threads_for(cfg.actors),
          "use_gpu": resolve_device(cfg) == "cuda"},
         cfg, actors=cfg.actors, batch_size=1)
     return out.drop(columns=["_order"], errors="ignore").to_dict("records")
 
 
-def same_variant_rate(run: RunDir, catalog: Catalog) -> float | None:
-    """Synthetic data only (its classes are known part variants): the share of kept negatives whose
-    swapped parts all have the reference's own variant, so that the set looks exactly like the
-    reference class (a false negative). Uses ground truth for measuring, never for generating."""
+def bank_figures(run: RunDir, catalog: Catalog, folder: Path, per_class: int) -> dict[str, Any]:
+    """``purity`` (null without part ground truth), ``same_variant_rate`` (the same) and
+    ``swap_similarity`` of the bank in ``folder`` (see ``ghns.stage2.purity``)."""
+    from ghns.stage1.table import read_embeddings
     from ghns.stage2.bank import read_bank
+    from ghns.stage2.purity import purity_figures, similarity_figures
 
+    bank, _ = read_bank(folder, with_embeddings=False)
+    out: dict[str, Any] = {"purity": None, "same_variant_rate": None, "swap_similarity": None}
+    if bank.empty:
+        return out
+    meta, emb = read_embeddings(run.embeddings)
+    train = (meta["split"] == "train").to_numpy()
+    row_of = {int(i): r for r, i in enumerate(meta["image_id"].to_numpy()[train])}
+    out["swap_similarity"] = similarity_figures(bank, row_of, emb[train], meta["label"].to_numpy()[train])
+    truth = part_truth(run, catalog)
+    if truth is not None:
+        variants, true_part = truth
+        purity = purity_figures(bank, variants, true_part, per_class)
+        out["same_variant_rate"] = purity.pop("same_variant_rate")
+        purity["per_class"] = {catalog.classes[c]: v for c, v in purity["per_class"].items()}
+        out["purity"] = purity
+    return out
+
+
+def part_truth(run: RunDir, catalog: Catalog) -> tuple[np.ndarray, dict[int, int]] | None:
+    """Synthetic data only (its classes are known part variants): each class's variant per true
+    part (C, 3) and the learned -> true part assignment that localization fitted on train."""
     attrs = catalog.info.get("class_attributes")
     if not attrs or not run.localization_json.is_file():
         return None
@@ -108,17 +185,7 @@ def same_variant_rate(run: RunDir, catalog: Catalog) -> float | None:
         return None
     true_part = {int(learned[4:]) - 1: ["head", "body", "tail"].index(name)
                  for name, learned in assignment.items()}
-    bank, _ = read_bank(run.negatives, with_embeddings=False)
-    if bank.empty:
-        return None
-    variants = np.array([attrs[name] for name in catalog.classes])  # (C, 3)
-    same = np.ones(len(bank), bool)
-    for k in range(3):
-        swapped = bank["swapped"].str[k] == "1"
-        ref_v = variants[bank["class"].to_numpy(), true_part[k]]
-        src_v = variants[bank[f"part{k + 1}_class"].to_numpy(), true_part[k]]
-        same &= ~swapped | (ref_v == src_v)
-    return round(float(same.mean()), 4)
+    return np.array([attrs[name] for name in catalog.classes]), true_part
 
 
 def summarize(stats: list[dict], class_names: list[str], per_class: int) -> dict[str, Any]:

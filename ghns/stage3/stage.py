@@ -52,6 +52,13 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     return figures
 
 
+def parts_settings(cfg) -> dict[str, Any]:
+    """The parts classifier's settings, under their Config names (``PartsSettings``)."""
+    from ghns.stage3.parts import PartsSettings
+
+    return {k: getattr(cfg, k) for k in PartsSettings.__dataclass_fields__}
+
+
 def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
     from ghns.raykit import torch_threads_for
     from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
@@ -69,11 +76,9 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
                   "batch_images": cfg.batch_images, "torch_threads": torch_threads_for(cfg.workers)}
         if name.startswith("parts"):
             loop = parts_classifier_loop
-            config = {**common, "embeddings": str(run.embeddings.resolve()),
+            config = {**common, **parts_settings(cfg), "embeddings": str(run.embeddings.resolve()),
                       "negatives": str(run.negatives.resolve()), "use_negatives": name == "parts",
-                      "embedding_dim": cfg.embedding_dim, "hidden": cfg.parts_hidden,
-                      "lam": cfg.lambda_parts, "m1": cfg.quad_m1, "m2": cfg.quad_m2,
-                      "epochs": cfg.parts_epochs, "lr": cfg.parts_lr, "seed": cfg.seed}
+                      "epochs": cfg.parts_epochs, "seed": cfg.seed}
         else:
             backbone = cfg.resolved_backbone()
             seed = cfg.seed + (int(name.split("seed")[1]) if "seed" in name else 0)

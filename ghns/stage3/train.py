@@ -26,9 +26,9 @@ from torch.nn import functional as F
 
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
-from ghns.losses import quadruplet_loss, triplet_loss
+from ghns.losses import triplet_loss
 from ghns.models.backbones import create_backbone
-from ghns.models.classifiers import ImageClassifier, PartsClassifier
+from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
 from ghns.stage1.train import make_optimizer
 from ghns.train.runner import WorkerContext
@@ -153,115 +153,36 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
 # -- parts classifier ------------------------------------------------------------------------
 
 def parts_classifier_loop(config: dict[str, Any]) -> None:
-    from ghns.stage1.table import read_embeddings
-    from ghns.stage2.bank import read_bank
+    """``train_loop_per_worker`` of the parts classifier (``ghns.stage3.parts`` does the work)."""
+    from ghns.stage3.parts import NegativeBank, PartsData, PartsSettings, fit_parts_classifier
 
     ctx = WorkerContext(config)
-    torch.manual_seed(config["seed"] + ctx.rank)
-    meta, emb = read_embeddings(Path(config["embeddings"]))
-    flat = torch.from_numpy(emb.reshape(len(emb), -1))
-    train = np.nonzero((meta["split"] == "train").to_numpy())[0]
-    train = train[ctx.shard(len(train))]
-    val = np.nonzero((meta["split"] == "val").to_numpy())[0]
-    train_x, train_y = flat[train], torch.from_numpy(meta["label"].to_numpy()[train])
-    val_x, val_y = flat[val], torch.from_numpy(meta["label"].to_numpy()[val])
-    ids = meta["image_id"].to_numpy()[train]
+    data = PartsData.read(Path(config["embeddings"]))
+    shard = ctx.shard(len(data.train_y))
+    data.train_x, data.train_y, data.train_ids = (data.train_x[shard], data.train_y[shard],
+                                                  data.train_ids[shard])
+    dim = data.train_x.shape[1]
+    bank = (NegativeBank.read(Path(config["negatives"]), dim) if config["use_negatives"]
+            else NegativeBank.empty(dim))
+    settings = PartsSettings.from_dict(config)
 
-    bank_x = torch.zeros(0, flat.shape[1])
-    by_class: dict[int, np.ndarray] = {}
-    by_ref: dict[int, np.ndarray] = {}
-    if config["use_negatives"]:
-        bank, bank_emb = read_bank(Path(config["negatives"]))
-        if not bank.empty:
-            bank_x = torch.from_numpy(bank_emb)
-            for c, rows in bank.groupby("class").indices.items():
-                by_class[int(c)] = rows
-            for r, rows in bank.groupby("ref_image").indices.items():
-                by_ref[int(r)] = rows
-    model = PartsClassifier(emb.shape[1], emb.shape[2], config["embedding_dim"], config["num_classes"],
-                            config["hidden"])
-    net = ctx.wrap(model)
-    opt, sched = make_optimizer(list(model.parameters()), config)
-    best = KeepBest()
-    start = _restore(ctx, model, opt, sched, best)
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
-    rng = np.random.default_rng(config["seed"] * 1000 + ctx.rank + 17 * start)
-    lam, m1, m2 = config["lam"], config["m1"], config["m2"]
-
-    def negatives_for(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(anchor positions with an n+, bank rows of their n+)."""
-        pos, rows = [], []
-        for i, b in enumerate(batch):
-            own = by_ref.get(int(ids[b]))
-            pool = own if own is not None else by_class.get(int(train_y[b]))
-            if pool is not None and len(pool):
-                pos.append(i)
-                rows.append(int(pool[rng.integers(len(pool))]))
-        return np.asarray(pos, np.int64), np.asarray(rows, np.int64)
-
-    for epoch in range(start, config["epochs"]):
-        ctx.fail_once(epoch)
-        t0 = time.perf_counter()
-        net.train()
-        sums = torch.zeros(4)
-        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
-            idx_np = idx.numpy()
-            y = train_y[idx].to(ctx.device)
-            pos, rows = negatives_for(idx_np)
-            x = train_x[idx]
-            if len(rows):
-                x = torch.cat([x, bank_x[rows]])
-            f, logits = net(x.to(ctx.device))
-            f_real, logits = f[: len(idx)], logits[: len(idx)]
-            l_cls = F.cross_entropy(logits, y)
-            p_idx, n_idx = _hardest(f_real, y)
-            has = torch.zeros(len(idx), dtype=torch.bool)
-            has[torch.from_numpy(pos)] = True
-            terms = []
-            if len(rows):
-                a = torch.from_numpy(pos).to(ctx.device)
-                terms.append(quadruplet_loss(f_real[a], f_real[p_idx[a]], f[len(idx):], f_real[n_idx[a]],
-                                             m1, m2) * len(rows))
-            rest = torch.nonzero(~has).flatten().to(ctx.device)
-            if len(rest):
-                d_ap = (f_real[rest] - f_real[p_idx[rest]]).pow(2).sum(1)
-                d_an = (f_real[rest] - f_real[n_idx[rest]]).pow(2).sum(1)
-                terms.append((0.5 * torch.relu(d_ap - d_an + m1)).sum())
-            l_metric = sum(terms) / len(idx)
-            loss = lam * l_cls + (1 - lam) * l_metric
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.tensor([loss.item(), l_cls.item(), float(torch.as_tensor(l_metric).detach()), 1.0])
-        sched.step()
-        sums = ctx.all_reduce(sums)
-        metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
-        model.eval()
-        metrics["val_acc"] = _accuracy(lambda x: model(x.to(ctx.device))[1], val_x, val_y, ctx)
-        best.update(model, metrics["val_acc"], epoch)
-        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
-                        "bank_size": len(bank_x)})
+    def on_epoch(metrics, model, opt, sched, best) -> None:
+        ctx.fail_once(metrics["epoch"] + 1)
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch,
+                             "sched": sched.state_dict(), "epoch": metrics["epoch"],
                              "best": best.dump()})
+
+    ctx.fail_once(0)
+    model, best = fit_parts_classifier(
+        data, bank, settings, config["num_classes"], config["seed"], config["use_negatives"],
+        device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
+        restore=lambda model, opt, sched, kept: _restore(ctx, model, opt, sched, kept),
+        on_epoch=on_epoch)
     if ctx.is_main:
-        settings = {"n_parts": emb.shape[1], "part_dim": emb.shape[2], "embedding_dim": config["embedding_dim"],
-                    "num_classes": config["num_classes"], "hidden": config["hidden"]}
-        settings["epoch_kept"] = best.apply(model)
-        _save(config["output"], model, settings)
-
-
-def _hardest(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per anchor, the index of its farthest same-class and nearest other-class row (itself /
-    its farthest row when the batch has none)."""
-    d = torch.cdist(f, f).pow(2).detach()
-    same = y[:, None] == y[None, :]
-    eye = torch.eye(len(y), dtype=torch.bool, device=y.device)
-    pos = torch.where(same & ~eye, d, torch.full_like(d, -1.0)).argmax(1)
-    pos = torch.where((same & ~eye).any(1), pos, torch.arange(len(y), device=y.device))
-    neg = torch.where(~same, d, torch.full_like(d, float("inf"))).argmin(1)
-    neg = torch.where((~same).any(1), neg, d.argmax(1))
-    return pos, neg
+        out = {"n_parts": data.n_parts, "part_dim": data.part_dim,
+               "embedding_dim": settings.embedding_dim, "num_classes": config["num_classes"],
+               "hidden": settings.parts_hidden, "epoch_kept": best.epoch}
+        _save(config["output"], model, out)
 
 
 # -- shared ----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 from ghns.models.parts import FilterNet
 from ghns.stage2.generate import fill_class, fill_class_dense, shell_candidates, shells
 from ghns.stage2.neighbours import PartNeighbours, exact_neighbours
-from ghns.stage2.scoring import PartTables, dense_scores, logit_margin, score_candidates
+from ghns.stage2.scoring import (PartTables, dense_scores, fit_temperature, logit_margin,
+                                 score_candidates)
 from ghns.stage2.shuffle import full_space
 
 
@@ -75,21 +76,37 @@ def linear_filternet(dim, n_classes, seed=0, scale=4.0):
     return net.eval()
 
 
+@pytest.mark.parametrize("temperature", [1.0, 3.7])
 @pytest.mark.parametrize("tau", [1e-6, 0.3, 0.6, 0.9, 0.95, 0.999999])
-def test_fast_scoring_keeps_exactly_what_dense_filternet_keeps(tau):
+def test_fast_scoring_keeps_exactly_what_dense_filternet_keeps(tau, temperature):
     emb, labels = problem(n_classes=5, per=4, dim=8, seed=1)
     net = linear_filternet(8, 5, seed=2)
-    tables = PartTables.from_filternet(net, emb)
+    tables = PartTables.from_filternet(net, emb, temperature)
     index = PartNeighbours(emb, labels, use_gpu=False)
     for target in range(5):
         refs = np.nonzero(labels == target)[0]
         nb = [index.search(refs, k, 5) for k in range(3)]
         fast = fill_class(target, refs, nb, labels, tables, per_class=25, tau=tau, k=5)
         dense = fill_class_dense(target, refs, nb, labels,
-                                 lambda s: dense_scores(net, emb, s, target), 25, tau, 5)
+                                 lambda s: dense_scores(net, emb, s, target, temperature), 25, tau, 5)
         assert np.array_equal(fast.sources, dense.sources)
         assert np.array_equal(fast.refs, dense.refs)
         np.testing.assert_allclose(fast.scores, dense.scores, rtol=1e-9)
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    logits = 3.0 * rng.normal(size=(4000, 6))
+    true_t = 2.5
+    p = np.exp(logits / true_t)
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(6, p=row) for row in p])
+    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)
+    grid = np.exp(np.linspace(np.log(0.5), np.log(10), 2000))
+    nll = [-np.mean(np.log((np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True))
+                           [np.arange(len(labels)), labels])) for t in grid]
+    assert fit_temperature(logits, labels) == pytest.approx(grid[int(np.argmin(nll))], rel=0.01)
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
 
 
 def test_cheap_check_is_a_necessary_condition():

@@ -1,0 +1,237 @@
+"""The parts image classifier (paper Eq. 9-10), trained on stage-1 part embeddings.
+
+``lambda_p * L_cls + (1 - lambda_p) * L_quad``: quadruplets (r, p, n+, n) take p and n as the
+hardest positive and negative of r in the batch and n+ as a generated hard negative of r's class
+(one made from r itself when the bank has one). With ``use_negatives=False`` the n+ term is
+removed: a triplet (r, p, n) with margin m1, the control arm.
+
+One function trains one classifier (``fit_parts_classifier``); the stage-3 Ray Train loop and the
+study's loop (``ghns study``: many seeds and arms in one Ray Train run) both call it, so the two
+train exactly the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ghns.losses import quadruplet_loss
+from ghns.models.classifiers import PartsClassifier
+from ghns.sampling import pk_batches
+
+
+@dataclass
+class PartsData:
+    """Concatenated part embeddings (rows: images) of the train and val splits."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    train_ids: np.ndarray
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    n_parts: int
+    part_dim: int
+
+    @classmethod
+    def read(cls, embeddings: Path, shard: slice | None = None) -> "PartsData":
+        from ghns.stage1.table import read_embeddings
+
+        meta, emb = read_embeddings(Path(embeddings))
+        flat = torch.from_numpy(emb.reshape(len(emb), -1))
+        labels = meta["label"].to_numpy()
+        train = np.nonzero((meta["split"] == "train").to_numpy())[0]
+        if shard is not None:
+            train = train[shard]
+        val = np.nonzero((meta["split"] == "val").to_numpy())[0]
+        return cls(flat[train], torch.from_numpy(labels[train]), meta["image_id"].to_numpy()[train],
+                   flat[val], torch.from_numpy(labels[val]), emb.shape[1], emb.shape[2])
+
+
+@dataclass
+class NegativeBank:
+    """Generated hard negatives as set embeddings, indexed by class and by reference image."""
+
+    x: torch.Tensor
+    by_class: dict[int, np.ndarray] = field(default_factory=dict)
+    by_ref: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @classmethod
+    def empty(cls, dim: int) -> "NegativeBank":
+        return cls(torch.zeros(0, dim))
+
+    @classmethod
+    def read(cls, folder: Path, dim: int, per_class: int | None = None) -> "NegativeBank":
+        """The bank in ``folder``; with ``per_class``, each class's first ``per_class`` negatives
+        (the generator keeps them in its visiting order, so this is exactly the bank a run with
+        that per-class budget would have made)."""
+        from ghns.stage2.bank import read_bank
+
+        meta, emb = read_bank(Path(folder))
+        if meta.empty:
+            return cls.empty(dim)
+        if per_class is not None:
+            keep = (meta.groupby("class").cumcount() < per_class).to_numpy()
+            meta, emb = meta[keep].reset_index(drop=True), emb[keep]
+        bank = cls(torch.from_numpy(emb))
+        bank.by_class = {int(c): rows for c, rows in meta.groupby("class").indices.items()}
+        bank.by_ref = {int(r): rows for r, rows in meta.groupby("ref_image").indices.items()}
+        return bank
+
+
+@dataclass(frozen=True)
+class PartsSettings:
+    """How one parts classifier trains (names as in ``ghns.config.Config``)."""
+
+    embedding_dim: int
+    parts_hidden: int
+    lambda_parts: float
+    quad_m1: float
+    quad_m2: float
+    parts_epochs: int
+    parts_lr: float
+    optimizer: str
+    weight_decay: float
+    lr_step_epochs: int
+    lr_gamma: float
+    batch_classes: int
+    batch_images: int
+    negatives_per_anchor: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def optimizer_config(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "lr": self.parts_lr, "weight_decay": self.weight_decay,
+                "lr_step": self.lr_step_epochs, "lr_gamma": self.lr_gamma}
+
+
+def build_parts_classifier(data: PartsData, settings: PartsSettings, num_classes: int) -> PartsClassifier:
+    return PartsClassifier(data.n_parts, data.part_dim, settings.embedding_dim, num_classes,
+                           settings.parts_hidden)
+
+
+def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSettings,
+                         num_classes: int, seed: int, use_negatives: bool, *,
+                         device: torch.device = torch.device("cpu"), rank: int = 0,
+                         wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+                         all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                         restore: Callable[..., int] | None = None,
+                         on_epoch: Callable[..., None] | None = None):
+    """Train one parts classifier; returns ``(model with its best-val-epoch weights, KeepBest)``.
+
+    ``restore(model, opt, sched, best) -> first epoch`` resumes from a checkpoint; ``on_epoch(
+    metrics, model, opt, sched, best)`` is called after every epoch (Ray Train reporting);
+    ``wrap`` (DDP) and ``all_reduce`` (metrics over workers) default to a single process."""
+    from ghns.stage1.train import make_optimizer
+    from ghns.stage3.train import KeepBest
+
+    torch.manual_seed(seed + rank)
+    bank = bank if use_negatives else NegativeBank.empty(data.train_x.shape[1])
+    model = build_parts_classifier(data, settings, num_classes)
+    net = wrap(model.to(device))
+    opt, sched = make_optimizer(list(model.parameters()), settings.optimizer_config())
+    best = KeepBest()
+    start = restore(model, opt, sched, best) if restore is not None else 0
+    gen = torch.Generator().manual_seed(seed * 1000 + rank + 17 * start)
+    rng = np.random.default_rng(seed * 1000 + rank + 17 * start)
+    lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
+    train_y, ids = data.train_y, data.train_ids
+
+    per_anchor = settings.negatives_per_anchor
+
+    def negatives_for(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(anchor positions with an n+, each repeated per n+; bank rows of their n+)."""
+        pos, rows = [], []
+        for i, b in enumerate(batch):
+            own = bank.by_ref.get(int(ids[b]))
+            pool = own if own is not None else bank.by_class.get(int(train_y[b]))
+            if pool is not None and len(pool):
+                for _ in range(per_anchor):
+                    pos.append(i)
+                    rows.append(int(pool[rng.integers(len(pool))]))
+        return np.asarray(pos, np.int64), np.asarray(rows, np.int64)
+
+    for epoch in range(start, settings.parts_epochs):
+        t0 = time.perf_counter()
+        net.train()
+        sums = torch.zeros(4)
+        for idx in pk_batches(train_y, settings.batch_classes, settings.batch_images, gen):
+            y = train_y[idx].to(device)
+            pos, rows = negatives_for(idx.numpy())
+            x = data.train_x[idx]
+            if len(rows):
+                x = torch.cat([x, bank.x[rows]])
+            f, logits = net(x.to(device))
+            f_real, logits = f[: len(idx)], logits[: len(idx)]
+            l_cls = F.cross_entropy(logits, y)
+            l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, per_anchor)
+            loss = lam * l_cls + (1 - lam) * l_metric
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric.detach()), 1.0])
+        sched.step()
+        sums = all_reduce(sums)
+        metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
+        model.eval()
+        metrics["val_acc"] = accuracy(lambda v: model(v.to(device))[1], data.val_x, data.val_y, all_reduce)
+        best.update(model, metrics["val_acc"], epoch)
+        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, "bank_size": len(bank)})
+        if on_epoch is not None:
+            on_epoch(metrics, model, opt, sched, best)
+    best.apply(model)
+    return model.eval(), best
+
+
+def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, anchors: np.ndarray,
+                      m1: float, m2: float, per_anchor: int = 1) -> torch.Tensor:
+    """The metric term of Eq. 10 over a batch, summed per anchor and averaged over the batch.
+
+    Anchors with an n+ (``anchors``, row i of ``f_plus`` is an n+ of ``anchors[i]``; an anchor
+    appears ``per_anchor`` times) take the quadruplet loss (Eq. 9), averaged over their n+, with
+    their batch-hardest positive p and negative n; the other anchors take the triplet (r, p, n)
+    with margin m1, the quadruplet's outer constraint."""
+    from ghns.losses import batch_hardest
+
+    p_idx, n_idx = batch_hardest(f, y)
+    has = torch.zeros(len(y), dtype=torch.bool)
+    has[torch.from_numpy(anchors)] = True
+    total = f.sum() * 0.0
+    if len(anchors):
+        a = torch.from_numpy(anchors).to(f.device)
+        total = total + quadruplet_loss(f[a], f[p_idx[a]], f_plus, f[n_idx[a]], m1, m2) * len(anchors) / per_anchor
+    rest = torch.nonzero(~has).flatten().to(f.device)
+    if len(rest):
+        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
+        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
+        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
+    return total / len(y)
+
+
+@torch.no_grad()
+def accuracy(predict, x: torch.Tensor, y: torch.Tensor,
+             all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> float:
+    correct = torch.zeros(2)
+    for i in range(0, len(y), 256):
+        logits = predict(x[i:i + 256])
+        correct += torch.tensor([(logits.argmax(1).cpu() == y[i:i + 256]).sum().item(), len(y[i:i + 256])],
+                                dtype=torch.float32)
+    correct = all_reduce(correct)
+    return (100 * correct[0] / correct[1].clamp_min(1)).item()
+
+
+@torch.no_grad()
+def parts_softmax(model: PartsClassifier, sets: np.ndarray) -> np.ndarray:
+    """(N, P, D) or (N, P*D) part embeddings -> (N, C) softmax scores."""
+    x = torch.from_numpy(np.asarray(sets, dtype=np.float32).reshape(len(sets), -1))
+    return model.eval()(x)[1].softmax(1).numpy()
