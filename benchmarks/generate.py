@@ -8,7 +8,8 @@ Replacement lists follow the generator's defaults (donor classes and the band, `
 ``--band-quantile``), as ``ghns generate`` builds them.
 
 1. Same candidate space, same selection rule, two ways, on the first ``--classes`` classes:
-   * pipeline: ``fill_class`` (per-part logit tables, cheap necessary condition, early stop);
+   * pipeline: ``fill_class`` (per-part logit table rows computed on demand in float32, exact
+     float64 re-scoring near tau, cheap necessary condition, early stop);
    * brute force: every candidate of every shell materialised as concatenated embeddings and
      scored densely by FilterNet in torch (float32), then the same selection.
    Reports both candidate-space throughputs (candidates in the space / seconds), the speedup and
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,10 +47,12 @@ from ghns.data.catalog import make_catalog
 from ghns.rundir import RunDir, fingerprint
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import write_embeddings
-from ghns.stage2.generate import fill_class, fill_class_dense, shells
+from ghns.stage2.generate import fill_class, fill_class_dense
 from ghns.stage2.neighbours import PartNeighbours
+from ghns.stage2.pool import ArrayPool
 from ghns.stage2.replacements import Replacements
-from ghns.stage2.scoring import PartTables, class_scores
+from ghns.stage2.scoring import OnDemandTables, class_scores
+from ghns.stage2.stage import class_batch, prepare_store
 
 N, C, D, PARTS = 5994, 200, 512, 3
 
@@ -92,9 +94,10 @@ def space_size(refs: int, k: int) -> int:
 
 def compare(emb, labels, net, classes: int, per_class: int, tau: float, k: int, donors: int,
             band: float) -> dict:
-    tables = PartTables.from_filternet(net, emb)
-    repl = Replacements(PartNeighbours(emb, labels, use_gpu=False), emb, labels, C, k,
-                        band_quantile=band, donors=donors)
+    pool = ArrayPool(emb, labels, C)
+    tables = OnDemandTables(net, pool)
+    repl = Replacements(pool, k, band_quantile=band, donors=donors,
+                        index=None if donors else PartNeighbours.build(pool, use_gpu=False))
     fast_t = dense_t = 0.0
     same = True
     space = kept = scored = 0
@@ -147,29 +150,18 @@ def ray_generate(cfg: Config, actors: int, per_class: int, tau: float, k: int, d
 
     run = RunDir(cfg.run_dir)
     out = Path(tempfile.mkdtemp(dir=cfg.run_dir))
+    store = out / "store"
+    prepare_store(run, store, C, {"donor_classes": donors, "neighbour_index": "auto", "neighbors": k})
     t0 = time.perf_counter()
     stats = map_batches_pandas(
-        pd.DataFrame({"class": range(C)}), RssActor,
-        {"embeddings_path": str(run.embeddings), "filternet_path": str(run.filternet),
+        pd.DataFrame({"class": range(C)}), GenerateActor,
+        {"store_path": str(store), "filternet_path": str(run.filternet),
          "out_dir": str(out), "per_class": per_class, "tau": tau, "neighbors": k,
          "donors": donors, "band_quantile": band,
          "threads": max(1, (os.cpu_count() or 1) // actors)},
-        cfg.replace(actors=actors), actors=actors, batch_size=1)
+        cfg.replace(actors=actors), actors=actors,
+        batch_size=class_batch(C, actors))
     return time.perf_counter() - t0, stats.to_dict("records")
-
-
-class RssActor:
-    """GenerateActor that also reports its process's peak RSS."""
-
-    def __init__(self, **kwargs):
-        from ghns.stage2.actor import GenerateActor
-
-        self.inner = GenerateActor(**kwargs)
-
-    def __call__(self, batch):
-        out = self.inner(batch)
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return out
 
 
 def main() -> None:

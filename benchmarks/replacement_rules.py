@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from ghns.config import Config
 from ghns.data.catalog import Catalog
 from ghns.rundir import RunDir
 from ghns.stage2.actor import GenerateActor
-from ghns.stage2.stage import bank_figures, filternet_temperature
+from ghns.stage2.stage import bank_figures, filternet_temperature, prepare_store
 
 SETTINGS = {
     "defaults": {},
@@ -42,13 +43,16 @@ SETTINGS = {
 def measure(run: RunDir, catalog: Catalog, settings: dict, temperature: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        actor = GenerateActor(str(run.embeddings), str(run.filternet), folder, settings["per_class"],
+        store = Path(folder) / "store"
+        prepare_store(run, store, len(catalog.classes), {"neighbour_index": "auto", **settings})
+        actor = GenerateActor(str(store), str(run.filternet), folder, settings["per_class"],
                               settings["tau"], settings["neighbors"], settings["max_part_similarity"],
                               threads=2, band_quantile=settings["band_quantile"],
                               temperature=temperature if settings["calibrate"] else 1.0,
                               donors=settings["donor_classes"])
         stats = [actor.one_class(c) for c in range(len(catalog.classes))]
         seconds = time.perf_counter() - start
+        shutil.rmtree(store)
         figures = bank_figures(run, catalog, Path(folder), settings["per_class"])
     purity = figures["purity"] or {}
     sim = figures["swap_similarity"] or {}

@@ -226,6 +226,11 @@ def print_generate(run) -> None:
                f"{f['actors']} actor(s), {f['seconds']} s)")
     typer.echo(f"  candidates scored {f['candidates']} ({f['fully_scored']} needed a full softmax), "
                f"pass rate {f['pass_rate']}")
+    lookup = f.get("lookup") or {}
+    if lookup.get("kind"):
+        recall = "" if lookup.get("recall", 1.0) == 1.0 else f", recall {lookup['recall']} against exact search"
+        typer.echo(f"  part lookup: {lookup['kind']} ({lookup.get('index_mb', 0)} MB index{recall}); "
+                   f"embedding store {lookup.get('store_mb')} MB")
     fill = f["fill"]
     typer.echo(f"  classes filled: {fill['full']} of {f['classes']}; fill mean {fill['mean']}, "
                f"min {fill['min']}")

@@ -172,6 +172,14 @@ class Config:
                                      "class's own spread: false negatives); 1.0 = no band (the "
                                      "paper's nearest-first order).", low=0.0, high=1.0,
                                 section="stage2", before=1.0)
+    neighbour_index: str = _opt("auto", "Part index of the every-class rule (--donor-classes 0): "
+                                        "'flat' exact, 'ivf' / 'ivfpq' approximate (their recall "
+                                        "against exact search goes to generate.json); 'auto' "
+                                        "picks by the number of train images (flat up to 200k, "
+                                        "IVF up to 2M, IVF-PQ beyond). Unused with donor classes "
+                                        "(exact search over the donors' images).",
+                                choices=("auto", "flat", "ivf", "ivfpq"), section="stage2",
+                                before="auto")
     calibrate: bool = _opt(True, "Fit FilterNet's temperature on val before scoring candidates, so "
                                  "tau is a calibrated probability.", section="stage2", before=False)
     # -- stage 3: final classifiers -------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The FilterNet actor of Ray Data: FAISS indexes, replacement rules, logit tables and FilterNet
-loaded once per actor; batches of class ids in, one bank shard per class written, statistics
-out."""
+"""The FilterNet actor of Ray Data: opens the class-sorted embedding store, the class centroids
+(donor rule) or the shared part index (every-class rule) and FilterNet once per actor; batches of
+class ids in, one bank shard per class written, statistics out (with the actor's peak RSS so
+far). An actor reads the embeddings of
+the classes it is given and of their donors, never the whole train split."""
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -12,17 +15,20 @@ import pandas as pd
 
 from ghns.stage2.bank import write_shard
 from ghns.stage2.generate import fill_class
-from ghns.stage2.neighbours import PartNeighbours
+from ghns.stage2.pool import PartStore
 from ghns.stage2.replacements import Replacements
 from ghns.stage2.scoring import make_scorer
 
+CENTROIDS = "centroids.npy"
+
+
 class GenerateActor:
-    def __init__(self, embeddings_path: str, filternet_path: str, out_dir: str, per_class: int,
+    def __init__(self, store_path: str, filternet_path: str, out_dir: str, per_class: int,
                  tau: float, neighbors: int, max_similarity: float = 1.0, threads: int = 1,
                  use_gpu: bool = False, band_quantile: float = 1.0, temperature: float = 1.0,
                  donors: int = 0) -> None:
-        from ghns.stage1.table import read_embeddings
         from ghns.stage1.stage import load_filternet_file
+        from ghns.stage2.neighbours import PartNeighbours
 
         try:
             import faiss
@@ -30,17 +36,15 @@ class GenerateActor:
             faiss.omp_set_num_threads(threads)
         except ImportError:
             pass
-        meta, emb = read_embeddings(Path(embeddings_path))
-        train = (meta["split"] == "train").to_numpy()
-        self.image_ids = meta["image_id"].to_numpy()[train]
-        self.labels = meta["label"].to_numpy()[train]
-        self.embeddings = emb[train]
-        self.scorer = make_scorer(load_filternet_file(Path(filternet_path)), self.embeddings,
-                                  temperature)
-        n_classes = int(meta["label"].max()) + 1 if len(meta) else 0
-        self.replacements = Replacements(PartNeighbours(self.embeddings, self.labels, use_gpu=use_gpu),
-                                         self.embeddings, self.labels, n_classes, neighbors,
-                                         max_similarity, band_quantile, donors)
+        store_dir = Path(store_path)
+        self.store = PartStore(store_dir)
+        self.scorer = make_scorer(load_filternet_file(Path(filternet_path)), self.store, temperature)
+        if donors > 0:
+            index, centroids = None, np.load(store_dir / CENTROIDS)
+        else:
+            index, centroids = PartNeighbours.read(store_dir, self.store, use_gpu), None
+        self.replacements = Replacements(self.store, neighbors, max_similarity, band_quantile, donors,
+                                         index=index, centroids=centroids)
         self.out_dir = Path(out_dir)
         self.per_class, self.tau, self.k = per_class, tau, neighbors
 
@@ -51,14 +55,19 @@ class GenerateActor:
 
     def one_class(self, target: int) -> dict:
         start = time.perf_counter()
-        refs = np.nonzero(self.labels == target)[0]
+        refs = self.store.class_rows(target)
         neighbours = self.replacements.lists(target, refs)
-        res = fill_class(target, refs, neighbours, self.labels, self.scorer, self.per_class,
+        res = fill_class(target, refs, neighbours, self.store.labels, self.scorer, self.per_class,
                          self.tau, self.k)
         stats = {"class": target, "references": len(refs), "kept": res.kept,
                  "candidates": res.candidates, "fully_scored": res.fully_scored,
                  "passed": res.passed, "shells": res.shells, "reason": res.reason(self.per_class),
-                 "seconds": round(time.perf_counter() - start, 4)}
-        write_shard(self.out_dir, target, self.image_ids, self.labels, res.refs, res.sources,
-                    res.ranks, res.scores, self.embeddings, stats)
+                 "seconds": round(time.perf_counter() - start, 4),
+                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        # the shard reads the rows it names only: index them locally
+        rows = np.unique(np.concatenate([res.refs, res.sources.reshape(-1)]))
+        local = np.searchsorted(rows, res.sources)
+        write_shard(self.out_dir, target, self.store.image_ids[rows], self.store.labels[rows],
+                    np.searchsorted(rows, res.refs), local, res.ranks, res.scores,
+                    self.store.take(rows), stats)
         return stats

@@ -96,20 +96,31 @@ def rivals(tables: PartTables, refs: np.ndarray, target: int, n: int = RIVALS) -
     """Each reference's ``n`` strongest other classes under FilterNet (its own, unshuffled set)."""
     logits = tables.logits(np.repeat(refs[:, None], N_PARTS, axis=1))
     logits[:, target] = -np.inf
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :n]
-    return {int(r): top[i] for i, r in enumerate(refs)}
+    return {int(r): top_indices(row, n) for r, row in zip(refs, logits)}
+
+
+def top_indices(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest values, largest first, ties to the lower index (as a stable
+    sort of ``-values`` would give), in O(len) rather than a full sort."""
+    if n >= len(values):
+        return np.lexsort((np.arange(len(values)), -values))
+    kth = np.partition(values, len(values) - n)[len(values) - n]  # the n-th largest value
+    cand = np.nonzero(values >= kth)[0]  # every index tied with it too
+    return cand[np.lexsort((cand, -values[cand]))][:n]
 
 
 def fill_class(target: int, refs: np.ndarray, neighbours: list[np.ndarray], labels: np.ndarray,
                tables: PartTables, per_class: int, tau: float, k: int) -> ClassResult:
     """The bank of class ``target`` (see the module docstring for the selection rule).
 
-    ``refs``: indices of the class's reference images; ``neighbours[p]``: (len(refs), k) nearest
-    other-class sources of part p for each reference (-1 padded).
+    ``refs``: rows of the class's reference images; ``neighbours[p]``: (len(refs), k) nearest
+    other-class sources of part p for each reference (-1 padded); ``tables``: ``PartTables``,
+    ``OnDemandTables`` or ``DenseScorer`` (``ghns.stage2.scoring``).
     """
     res = ClassResult(target)
     if per_class <= 0 or len(refs) == 0:
         return res
+    tables = tables.for_class(target)
     rival = rivals(tables, refs, target)
     kept_src, kept_rank, kept_ref, kept_score = [], [], [], []
     for n_replaced, rank in shells(k):

@@ -21,52 +21,47 @@ from __future__ import annotations
 
 import numpy as np
 
+from ghns.stage2.neighbours import nearest
+from ghns.stage2.pool import ArrayPool, centroids_of
+
 OFF = 1.0  # band_quantile at which no band is applied (the paper's nearest-first order)
 
 
 def own_spread(part_embeddings: np.ndarray, labels: np.ndarray, n_classes: int,
                quantile: float) -> np.ndarray:
-    """Per class, the ``quantile`` of cosine similarities between the part embeddings of two
-    distinct training images of that class (unit vectors; inner products). ``+inf`` where a class
-    has fewer than two images, and for every class when ``quantile`` is ``OFF``."""
-    out = np.full(n_classes, np.inf)
-    if quantile >= OFF:
-        return out
-    x = np.asarray(part_embeddings, dtype=np.float64)
-    for c in range(n_classes):
-        members = x[labels == c]
-        if len(members) < 2:
-            continue
-        sims = members @ members.T
-        pairs = sims[np.triu_indices(len(members), k=1)]
-        out[c] = float(np.quantile(pairs, quantile))
-    return out
+    """Per class, ``class_spread`` of its images' part embeddings (an array over classes)."""
+    labels = np.asarray(labels)
+    return np.array([class_spread(part_embeddings[labels == c], quantile) for c in range(n_classes)])
 
 
-def replacement_limits(spread: np.ndarray, target: int, max_similarity: float) -> float:
-    """The highest similarity a replacement part may have to the part it replaces, for references
-    of class ``target``: the band's edge, or the absolute ``max_similarity`` if that is lower."""
-    return float(min(spread[target], max_similarity))
+def class_spread(members: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of cosine similarities between the part embeddings (rows of ``members``,
+    unit vectors) of two distinct training images of one class. ``+inf`` for fewer than two
+    images, and whenever ``quantile`` is ``OFF``."""
+    if quantile >= OFF or len(members) < 2:
+        return np.inf
+    x = np.asarray(members, dtype=np.float64)
+    sims = x @ x.T
+    return float(np.quantile(sims[np.triu_indices(len(x), k=1)], quantile))
 
 
 def class_centroids(embeddings: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(P, C, D) unit-length mean part embedding of every class (zeros for a class without
     images)."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    out = np.zeros((x.shape[1], n_classes, x.shape[2]))
-    for c in range(n_classes):
-        members = x[labels == c]
-        if len(members):
-            out[:, c] = members.mean(axis=0)
-    norms = np.linalg.norm(out, axis=2, keepdims=True)
-    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    return centroids_of(ArrayPool(embeddings, labels, n_classes))
 
 
-def donor_scores(centroids: np.ndarray, target: int, part: int) -> np.ndarray:
+def centroid_similarities(centroids: np.ndarray, target: int) -> np.ndarray:
+    """(P, C): per part, the cosine similarity of every class's centroid to class ``target``'s."""
+    return np.stack([centroids[p] @ centroids[p, target] for p in range(centroids.shape[0])])
+
+
+def donor_scores(centroids: np.ndarray, target: int, part: int,
+                 sims: np.ndarray | None = None) -> np.ndarray:
     """Per class B: min over the kept parts j of cos(c_j(A), c_j(B)) minus cos(c_k(A), c_k(B))
     for replacing part k = ``part`` of class A = ``target``; ``-inf`` for A itself and for
-    classes without images."""
-    sims = np.einsum("pcd,pd->pc", centroids, centroids[:, target])  # (P, C)
+    classes without images. ``sims``: ``centroid_similarities(centroids, target)``, if known."""
+    sims = centroid_similarities(centroids, target) if sims is None else sims
     kept = [j for j in range(centroids.shape[0]) if j != part]
     score = (sims[kept].min(axis=0) if kept else np.zeros(sims.shape[1])) - sims[part]
     score[target] = -np.inf
@@ -74,43 +69,58 @@ def donor_scores(centroids: np.ndarray, target: int, part: int) -> np.ndarray:
     return score
 
 
-def donor_classes(centroids: np.ndarray, target: int, part: int, m: int) -> np.ndarray | None:
+def donor_classes(centroids: np.ndarray, target: int, part: int, m: int,
+                  sims: np.ndarray | None = None) -> np.ndarray | None:
     """The ``m`` best donor classes for replacing part ``part`` of class ``target`` (highest
     score first, ties to the lower class id), among those with a positive score: a donor must be
     closer to A on every kept part than on the part it replaces, or the swap does not change
     what distinguishes it. None when ``m`` is 0 (every other class)."""
     if m <= 0:
         return None
-    score = donor_scores(centroids, target, part)
-    order = np.lexsort((np.arange(len(score)), -score))
-    order = order[score[order] > 0]  # closer to A on every kept part than on the replaced one
-    return np.sort(order[:m])
+    from ghns.stage2.generate import top_indices
+
+    score = donor_scores(centroids, target, part, sims)
+    order = top_indices(score, m)
+    return np.sort(order[score[order] > 0])  # closer to A on every kept part than on the replaced one
 
 
 class Replacements:
-    """The replacement lists of every class, by the rules above: per part, the ``k`` nearest
-    donor-class parts outside the class's own spread (and below ``max_similarity``), from a
-    FAISS nearest-part index (``ghns.stage2.neighbours.PartNeighbours``) built once."""
+    """The replacement lists of one class at a time, by the rules above, from a pool of part
+    embeddings (``ghns.stage2.pool``): per part, the ``k`` nearest donor-class parts outside the
+    class's own spread (and below ``max_similarity``). With donors, the search is exact over the
+    donors' images (``nearest``) and reads nothing else; without (``donors`` 0, the paper's every
+    other class), it goes through ``index`` (``PartNeighbours`` over the whole pool). Memory: the
+    class centroids (P x C x D) and whatever the pool caches, nothing of size images x classes."""
 
-    def __init__(self, index, embeddings: np.ndarray, labels: np.ndarray, n_classes: int,
-                 k: int, max_similarity: float = 1.0, band_quantile: float = OFF,
-                 donors: int = 0) -> None:
-        self.index, self.labels, self.k = index, labels, k
-        self.max_similarity, self.donors = max_similarity, donors
-        parts = embeddings.shape[1]
-        self.spread = [own_spread(embeddings[:, p], labels, n_classes, band_quantile) for p in range(parts)]
-        self.centroids = class_centroids(embeddings, labels, n_classes) if donors > 0 else None
-        self.parts = parts
+    def __init__(self, pool, k: int, max_similarity: float = 1.0, band_quantile: float = OFF,
+                 donors: int = 0, index=None, centroids: np.ndarray | None = None) -> None:
+        self.pool, self.k = pool, k
+        self.max_similarity, self.band_quantile, self.donors = max_similarity, band_quantile, donors
+        if donors > 0:
+            self.centroids = centroids if centroids is not None else centroids_of(pool)
+        else:
+            if index is None:
+                raise ValueError("without donor classes the replacements need a part index")
+            self.centroids = None
+        self.index = index
 
     def lists(self, target: int, refs: np.ndarray) -> list[np.ndarray]:
-        """Per part, (len(refs), k) replacement source indices for class ``target``'s references
-        (nearest first, -1 padded): the ``neighbours`` argument of ``fill_class``."""
+        """Per part, (len(refs), k) replacement rows for class ``target``'s references (rows of
+        the pool; nearest first, -1 padded): the ``neighbours`` argument of ``fill_class``."""
+        refs = np.asarray(refs, dtype=np.int64)
+        own = self.pool.take(refs)
+        members = self.pool.class_block(target)
+        sims = centroid_similarities(self.centroids, target) if self.centroids is not None else None
         out = []
-        for part in range(self.parts):
-            allowed = None
-            if self.centroids is not None:
-                chosen = donor_classes(self.centroids, target, part, self.donors)
-                allowed = np.nonzero(np.isin(self.labels, chosen))[0]
-            limit = replacement_limits(self.spread[part], target, self.max_similarity)
-            out.append(self.index.search(refs, part, self.k, limit, allowed))
+        for part in range(self.pool.parts):
+            spread = class_spread(members[:, part], self.band_quantile)
+            limits = np.full(len(refs), min(spread, self.max_similarity))
+            if self.centroids is None:
+                out.append(self.index.search(refs, part, self.k, limits))
+                continue
+            chosen = donor_classes(self.centroids, target, part, self.donors, sims)
+            rows = np.concatenate([self.pool.class_rows(int(c)) for c in chosen]) if len(chosen) else \
+                np.zeros(0, np.int64)
+            pool = self.pool.take_part(rows, part)
+            out.append(nearest(own[:, part], pool, rows, self.k, limits))
         return out

@@ -35,9 +35,18 @@ def logit_margin(tau: float) -> float:
 class PartTables:
     """Per-part logit tables of a linear FilterNet over one embedding matrix per part."""
 
+    error = 0.0  # float64 tables: logits exact to rounding
+
     def __init__(self, tables: list[np.ndarray], bias: np.ndarray) -> None:
         self.tables = [np.ascontiguousarray(t, dtype=np.float64) for t in tables]  # (N, C) each
         self.bias = np.asarray(bias, dtype=np.float64)
+
+    def for_class(self, target: int) -> "PartTables":
+        return self
+
+    def scores(self, sources: np.ndarray, target: int, tau: float) -> np.ndarray:
+        """Softmax scores for class ``target`` (float64)."""
+        return _chunked_scores(self.logits, sources, target)
 
     @classmethod
     def from_filternet(cls, filternet, embeddings: np.ndarray, temperature: float = 1.0) -> "PartTables":
@@ -66,20 +75,140 @@ class PartTables:
         return out if classes.ndim == 2 else out[:, 0]
 
 
+class OnDemandTables:
+    """The per-part logit tables of a linear FilterNet, one row at a time, for the rows a class
+    needs: memory does not grow with images x classes (``PartTables`` holds N x C per part).
+
+    ``for_class`` gives a view whose table rows ``e_k W_k`` (C logits of one source's part k) are
+    computed in float32 the first time a candidate needs them and kept for that class only. Each
+    float32 logit is within ``error`` of the exact one (the dot-product bound
+    ``gamma_D * |w_kc|`` summed over parts; the weights are FilterNet's own float32 and the
+    embeddings float32, so the products carry no other rounding). A candidate whose float32
+    log-score lies within twice that of ``log(tau)`` is scored again in float64, so the kept set
+    is exactly the float64 one; the cheap check reads its few columns in float64.
+    """
+
+    def __init__(self, filternet, pool, temperature: float = 1.0) -> None:
+        w = filternet.net.weight.detach().float().numpy()
+        n_classes = w.shape[0]
+        self.parts, self.dim = filternet.n_parts, filternet.embedding_dim
+        w = w.reshape(n_classes, self.parts, self.dim)
+        self.weight = np.ascontiguousarray(w.transpose(1, 2, 0))  # (P, D, C) float32
+        self.bias = filternet.net.bias.detach().double().numpy() / temperature
+        self.temperature = float(temperature)
+        self.pool = pool
+        u = 2.0 ** -24
+        gamma = self.dim * u / (1 - self.dim * u)
+        norms = np.linalg.norm(w.astype(np.float64), axis=2).sum(axis=1)  # sum over parts, per class
+        # bound on a logit's float32 error per unit of the largest part-embedding norm
+        self.error = float(gamma * 1.01 * norms.max() / temperature) if n_classes else 0.0
+        self.rescored = 0  # candidates scored again in float64 (near tau)
+
+    def for_class(self, target: int) -> "_ClassTables":
+        return _ClassTables(self)
+
+
+class _ClassTables:
+    """One class's view of ``OnDemandTables``: its cache of table rows (per part, the source rows
+    computed so far, sorted, with their table rows and embedding norms)."""
+
+    def __init__(self, parent: OnDemandTables) -> None:
+        self.parent = parent
+        n_classes = parent.weight.shape[2]
+        self._ids = [np.zeros(0, np.int64) for _ in range(parent.parts)]
+        self._rows = [np.zeros((0, n_classes), np.float32) for _ in range(parent.parts)]
+        self._norms = [np.zeros(0) for _ in range(parent.parts)]
+
+    def _positions(self, part: int, rows: np.ndarray) -> np.ndarray:
+        """Where ``rows`` sit in the part's cache, computing the missing ones first."""
+        ids = self._ids[part]
+        at = np.searchsorted(ids, rows)
+        found = at < len(ids)
+        found[found] = ids[at[found]] == rows[found]
+        if not found.all():
+            missing = np.unique(rows[~found])
+            emb = self.parent.pool.take_part(missing, part)
+            merged = np.concatenate([ids, missing])
+            order = np.argsort(merged, kind="stable")
+            self._ids[part] = merged[order]
+            self._rows[part] = np.concatenate([self._rows[part], emb @ self.parent.weight[part]])[order]
+            self._norms[part] = np.concatenate([self._norms[part],
+                                                np.linalg.norm(emb.astype(np.float64), axis=1)])[order]
+            at = np.searchsorted(self._ids[part], rows)
+        return at
+
+    def _table(self, part: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) float32 table rows of part ``part``, computing the missing ones."""
+        at = self._positions(part, rows)  # first: it may replace the cache
+        return self._rows[part][at]
+
+    def logits(self, sources: np.ndarray) -> np.ndarray:
+        """(M, C) float64 logits from float32 table rows (each within ``error``)."""
+        out = np.repeat(self.parent.bias[None], len(sources), axis=0)
+        for k in range(self.parent.parts):
+            out += self._table(k, sources[:, k]).astype(np.float64) / self.parent.temperature
+        return out
+
+    def exact_logits(self, sources: np.ndarray) -> np.ndarray:
+        """(M, C) logits in float64 throughout."""
+        p = self.parent
+        out = np.repeat(p.bias[None], len(sources), axis=0)
+        for k in range(p.parts):
+            emb = p.pool.take_part(sources[:, k], k).astype(np.float64)
+            out += (emb @ p.weight[k].astype(np.float64)) / p.temperature
+        return out
+
+    def column_logits(self, sources: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Logits of a few classes per candidate, in float64 (``PartTables.column_logits``)."""
+        p = self.parent
+        cls = classes if classes.ndim == 2 else classes[:, None]
+        uniq, inverse = np.unique(cls, return_inverse=True)
+        inverse = inverse.reshape(cls.shape)
+        out = p.bias[cls].copy()
+        for k in range(p.parts):
+            rows, at = np.unique(sources[:, k], return_inverse=True)
+            emb = p.pool.take_part(rows, k).astype(np.float64)
+            part = emb @ p.weight[k][:, uniq].astype(np.float64) / p.temperature  # (U, K)
+            out += part[at.reshape(-1)[:, None], inverse]
+        return out if classes.ndim == 2 else out[:, 0]
+
+    def scores(self, sources: np.ndarray, target: int, tau: float) -> np.ndarray:
+        """Softmax scores for class ``target``: float32 tables, float64 where the side of tau
+        is not certain from them."""
+        out = _chunked_scores(self.logits, sources, target)
+        at = [self._positions(k, sources[:, k]) for k in range(self.parent.parts)]
+        norm = np.max([self._norms[k][at[k]] for k in range(self.parent.parts)], axis=0)
+        error = self.parent.error * np.maximum(norm, 1.0)  # each logit within this; log p within 2x
+        with np.errstate(divide="ignore"):
+            near = np.abs(np.log(out) - math.log(tau)) <= 2 * error + 1e-9
+        if near.any():
+            idx = np.nonzero(near)[0]
+            out[idx] = class_scores(self.exact_logits(sources[idx]), np.full(len(idx), target))
+            self.parent.rescored += len(idx)
+        return out
+
+
 class DenseScorer:
     """The same interface as ``PartTables`` for a FilterNet with a hidden layer: logits come
     from running FilterNet on the concatenated part embeddings (no decomposition)."""
 
-    def __init__(self, filternet, embeddings: np.ndarray, temperature: float = 1.0) -> None:
+    error = 0.0
+
+    def __init__(self, filternet, pool, temperature: float = 1.0) -> None:
         self.net = filternet.double().eval()
-        self.embeddings = torch.from_numpy(np.asarray(embeddings, dtype=np.float64))
+        self.pool = pool
         self.temperature = temperature
+
+    def for_class(self, target: int) -> "DenseScorer":
+        return self
 
     def logits(self, sources: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            sets = torch.stack([self.embeddings[torch.from_numpy(sources[:, k]), k]
-                                for k in range(sources.shape[1])], 1)
-            return self.net(sets).numpy() / self.temperature
+            sets = np.stack([self.pool.take_part(sources[:, k], k) for k in range(sources.shape[1])], 1)
+            return self.net(torch.from_numpy(sets.astype(np.float64))).numpy() / self.temperature
+
+    def scores(self, sources: np.ndarray, target: int, tau: float) -> np.ndarray:
+        return _chunked_scores(self.logits, sources, target)
 
     def column_logits(self, sources: np.ndarray, classes: np.ndarray) -> np.ndarray:
         cls = classes if classes.ndim == 2 else classes[:, None]
@@ -87,10 +216,20 @@ class DenseScorer:
         return out if classes.ndim == 2 else out[:, 0]
 
 
-def make_scorer(filternet, embeddings: np.ndarray, temperature: float = 1.0):
-    """Per-part tables for a linear FilterNet (the fast path), dense scoring otherwise."""
-    return PartTables.from_filternet(filternet, embeddings, temperature) if filternet.is_linear else \
-        DenseScorer(filternet, embeddings, temperature)
+def make_scorer(filternet, pool, temperature: float = 1.0):
+    """Per-part tables computed on demand for a linear FilterNet (the fast path), dense scoring
+    otherwise; ``pool`` is where part embeddings are read (``ghns.stage2.pool``)."""
+    return OnDemandTables(filternet, pool, temperature) if filternet.is_linear else \
+        DenseScorer(filternet, pool, temperature)
+
+
+def _chunked_scores(logits_fn, sources: np.ndarray, target: int, chunk: int = 1024) -> np.ndarray:
+    """``class_scores`` of ``logits_fn(sources)`` a chunk at a time (bounded (chunk, C) memory)."""
+    out = np.empty(len(sources))
+    for i in range(0, len(sources), chunk):
+        part = sources[i:i + chunk]
+        out[i:i + chunk] = class_scores(logits_fn(part), np.full(len(part), target))
+    return out
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
@@ -149,7 +288,7 @@ def score_candidates(tables: PartTables, sources: np.ndarray, target: int, tau: 
         alive = (lead >= logit_margin(tau) - SLACK).all(axis=1)
     idx = np.nonzero(alive)[0]
     if len(idx):
-        scores[idx] = class_scores(tables.logits(sources[idx]), np.full(len(idx), target))
+        scores[idx] = tables.scores(sources[idx], target, tau)
     return scores >= tau, scores, len(idx)
 
 

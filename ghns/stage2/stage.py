@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 GENERATOR_KEYS = ("per_class", "tau", "neighbors", "max_part_similarity", "donor_classes",
-                  "band_quantile", "calibrate")
+                  "band_quantile", "calibrate", "neighbour_index")
 
 
 def generator_settings(cfg, **overrides: Any) -> dict[str, Any]:
@@ -50,8 +50,9 @@ def run_generate(cfg, force: bool = False) -> dict[str, Any]:
     prepare_bank(run, run.negatives, settings, force)
     with run.stage("generate", fp) as record:
         start = time.perf_counter()
-        stats, temperature = write_bank(cfg, run, run.negatives, settings)
+        stats, temperature, lookup = write_bank(cfg, run, run.negatives, settings)
         figures = summarize(stats, catalog.classes, cfg.per_class)
+        figures["lookup"] = lookup
         figures.update(bank_figures(run, catalog, run.negatives, cfg.per_class))
         figures.update({"settings": settings, "filternet_temperature": temperature,
                         "actors": cfg.actors, "seconds": round(time.perf_counter() - start, 2)})
@@ -86,9 +87,10 @@ def _before(key: str) -> Any:
     return Config.value_before(key)
 
 
-def write_bank(cfg, run: RunDir, folder: Path, settings: dict[str, Any]) -> tuple[list[dict], float]:
+def write_bank(cfg, run: RunDir, folder: Path, settings: dict[str, Any]) -> tuple[list[dict], float, dict]:
     """Fill every class's shard in ``folder`` that is not there yet (Ray Data, FilterNet actors);
-    returns every class's statistics and the FilterNet temperature used."""
+    returns every class's statistics, the FilterNet temperature used and what the part lookup
+    was (``prepare_store``)."""
     catalog = Catalog.read(run.catalog)
     classes = list(range(len(catalog.classes)))
     done = [c for c in classes if shard_path(folder, c).is_file()]
@@ -97,9 +99,61 @@ def write_bank(cfg, run: RunDir, folder: Path, settings: dict[str, Any]) -> tupl
         log.info("generate: resuming, %d of %d classes already done", len(done), len(classes))
     temperature = filternet_temperature(run) if settings["calibrate"] else 1.0
     stats = [shard_stats(shard_path(folder, c)) for c in done]
+    lookup: dict[str, Any] = {}
     if todo:
-        stats += _generate(cfg, run, todo, folder, settings, temperature)
-    return stats, temperature
+        from ghns.raykit import resolve_device
+
+        store = folder / STORE
+        try:
+            lookup = prepare_store(run, store, len(classes), settings, resolve_device(cfg) == "cuda")
+            stats += _generate(cfg, run, todo, folder, store, settings, temperature)
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+    return stats, temperature, lookup
+
+
+STORE = "store"  # the class-sorted embedding store and part index, while the bank is written
+
+
+def prepare_store(run: RunDir, store: Path, n_classes: int, settings: dict[str, Any],
+                  use_gpu: bool = False) -> dict[str, Any]:
+    """Write what the actors read: the train split's part embeddings sorted by class
+    (``PartStore``), and the class centroids (donor rule) or one part index per part (every-class
+    rule, built once here, not per actor). Returns the lookup's figures: its kind, size, build
+    seconds and, for an approximate index, its recall against exact search on sampled queries."""
+    from ghns.stage2.actor import CENTROIDS
+    from ghns.stage2.neighbours import PartNeighbours, search_recall
+    from ghns.stage2.pool import PartStore, centroids_of
+
+    t0 = time.perf_counter()
+    pool = PartStore.write(store, run.embeddings, n_classes)
+    out: dict[str, Any] = {"store_mb": round(len(pool) * pool.parts * pool.dim * 4 / 2**20, 2),
+                           "store_s": round(time.perf_counter() - t0, 2)}
+    t0 = time.perf_counter()
+    if settings["donor_classes"] > 0:
+        centroids = centroids_of(pool)
+        np.save(store / CENTROIDS, centroids)
+        out.update({"kind": "exact over donor classes", "index_mb": 0.0,
+                    "centroids_mb": round(centroids.nbytes / 2**20, 2),
+                    "build_s": round(time.perf_counter() - t0, 2), "recall": 1.0})
+        return out
+    index = PartNeighbours.build(pool, settings["neighbour_index"], use_gpu)
+    size = index.write(store)
+    out.update({"kind": index.kind, "index_mb": round(size / 2**20, 2),
+                "build_s": round(time.perf_counter() - t0, 2), "recall": 1.0})
+    if index.kind != "flat" and len(pool):
+        rng = np.random.default_rng(0)
+        queries = np.sort(rng.choice(len(pool), size=min(len(pool), 128), replace=False))
+        k = settings["neighbors"]
+        index.tune(queries, k)
+        index.write(store)  # with the tuned nprobe
+        out["recall"] = round(float(np.mean([search_recall(index, queries, p, k)
+                                             for p in range(pool.parts)])), 4)
+        out["recall_of"] = f"{k} nearest other-class parts, {len(queries)} sampled queries per part"
+        out.update({"nprobe": index.nprobe, "nlist": index.nlist})
+        log.info("generate: %s part index (nprobe %d of %d lists), recall %.3f against exact search",
+                 index.kind, index.nprobe, index.nlist, out["recall"])
+    return out
 
 
 def filternet_temperature(run: RunDir) -> float:
@@ -131,22 +185,29 @@ def _inputs_digest(run: RunDir) -> str:
     return digest.hexdigest()
 
 
-def _generate(cfg, run: RunDir, todo: list[int], folder: Path, settings: dict[str, Any],
-              temperature: float) -> list[dict]:
+def _generate(cfg, run: RunDir, todo: list[int], folder: Path, store: Path,
+              settings: dict[str, Any], temperature: float) -> list[dict]:
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage2.actor import GenerateActor
 
     out = map_batches_pandas(
         pd.DataFrame({"class": todo}), GenerateActor,
-        {"embeddings_path": str(run.embeddings.resolve()), "filternet_path": str(run.filternet.resolve()),
+        {"store_path": str(store.resolve()), "filternet_path": str(run.filternet.resolve()),
          "out_dir": str(folder.resolve()), "per_class": settings["per_class"], "tau": settings["tau"],
          "neighbors": settings["neighbors"], "max_similarity": settings["max_part_similarity"],
          "band_quantile": settings["band_quantile"], "temperature": temperature,
          "donors": settings["donor_classes"],
          "threads": torch_threads_for(cfg.actors),
          "use_gpu": resolve_device(cfg) == "cuda"},
-        cfg, actors=cfg.actors, batch_size=1)
+        cfg, actors=cfg.actors, batch_size=class_batch(len(todo), cfg.actors))
     return out.drop(columns=["_order"], errors="ignore").to_dict("records")
+
+
+def class_batch(classes: int, actors: int) -> int:
+    """Classes per Ray Data batch: about 8 batches per actor (load balance; every class still
+    writes its own shard, so resumption is per class), at most 64 classes a batch. One class per
+    batch costs Ray Data's per-batch overhead (about 0.2 s here) on every class."""
+    return max(1, min(64, classes // (8 * max(1, actors))))
 
 
 def bank_figures(run: RunDir, catalog: Catalog, folder: Path, per_class: int) -> dict[str, Any]:

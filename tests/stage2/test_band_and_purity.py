@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghns.stage2.replacements import OFF, own_spread, replacement_limits
+from ghns.stage2.replacements import OFF, own_spread
 from ghns.stage2.neighbours import PartNeighbours, exact_neighbours
+from ghns.stage2.pool import ArrayPool
 from ghns.stage2.purity import purity_figures, shell_names, similarity_figures, swap_similarities
 
 
@@ -47,8 +48,8 @@ def test_band_skips_the_same_variant_donor_and_keeps_the_other_variant():
     refs = np.nonzero(labels == 0)[0]
     nearest_first = exact_neighbours(emb, labels, refs, 0, 3)
     assert (labels[nearest_first] == 1).all()  # without a band: the same-variant class 1 first
-    limit = replacement_limits(own_spread(emb[:, 0], labels, 3, 0.5), 0, 0.95)
-    index = PartNeighbours(emb, labels, use_gpu=False)
+    limit = min(own_spread(emb[:, 0], labels, 3, 0.5)[0], 0.95)
+    index = PartNeighbours.build(ArrayPool(emb, labels), use_gpu=False)
     banded = index.search(refs, 0, 3, limit)
     assert (labels[banded] == 2).all()  # the band keeps only the other variant
     assert np.array_equal(banded, exact_neighbours(emb, labels, refs, 0, 3, limit))
@@ -142,18 +143,21 @@ def test_donor_classes_are_like_the_class_elsewhere_and_unlike_it_on_the_part():
     assert (donor_scores(cen, 0, 0)[many] > 0).all()
 
 
-def test_search_over_donor_images_matches_brute_force():
-    emb, labels = composed_problem(per=6)
-    index = PartNeighbours(emb, labels, use_gpu=False)
-    refs = np.nonzero(labels == 0)[0]
-    allowed = np.nonzero(np.isin(labels, [1, 3]))[0]
-    for part in range(3):
-        got = index.search(refs, part, 4, 0.9, allowed)
-        assert np.array_equal(got, exact_neighbours(emb, labels, refs, part, 4, 0.9, allowed))
-        assert np.isin(labels[got[got >= 0]], [1, 3]).all()
-    from ghns.stage2.neighbours import _subset_search
+def test_donor_replacements_match_brute_force_search_over_the_donors():
+    from ghns.stage2.replacements import Replacements, class_centroids, donor_classes
 
-    limits = np.full(len(refs), 0.9)
-    assert np.array_equal(_subset_search(emb, labels, refs, 1, 4, limits, allowed),
-                          index.search(refs, 1, 4, 0.9, allowed))
-    assert (index.search(refs, 0, 3, 1.0, np.zeros(0, np.int64)) == -1).all()
+    emb, labels = composed_problem(per=6)
+    pool = ArrayPool(emb, labels)
+    cen = class_centroids(emb, labels, 4)
+    repl = Replacements(pool, 4, max_similarity=0.9, donors=2)
+    refs = np.nonzero(labels == 0)[0]
+    for part, got in enumerate(repl.lists(0, refs)):
+        allowed = np.nonzero(np.isin(labels, donor_classes(cen, 0, part, 2)))[0]
+        assert np.array_equal(got, exact_neighbours(emb, labels, refs, part, 4, 0.9, allowed))
+        assert np.isin(labels[got[got >= 0]], donor_classes(cen, 0, part, 2)).all()
+    # the every-class rule goes through the part index, with the same order
+    every = Replacements(pool, 4, max_similarity=0.9, index=PartNeighbours.build(pool, use_gpu=False))
+    for part, got in enumerate(every.lists(0, refs)):
+        assert np.array_equal(got, exact_neighbours(emb, labels, refs, part, 4, 0.9))
+    with pytest.raises(ValueError):
+        Replacements(pool, 4)  # every class needs an index

@@ -11,6 +11,7 @@ import torch
 from ghns.models.parts import FilterNet
 from ghns.stage2.generate import fill_class, fill_class_dense, shell_candidates, shells
 from ghns.stage2.neighbours import PartNeighbours, exact_neighbours
+from ghns.stage2.pool import ArrayPool
 from ghns.stage2.scoring import (PartTables, dense_scores, fit_temperature, logit_margin,
                                  score_candidates)
 from ghns.stage2.shuffle import full_space
@@ -60,7 +61,7 @@ def test_shells_with_every_neighbour_cover_the_full_space_once():
 
 def test_faiss_neighbours_match_brute_force():
     emb, labels = problem(n_classes=5, per=4, dim=8, seed=3)
-    index = PartNeighbours(emb, labels, use_gpu=False)
+    index = PartNeighbours.build(ArrayPool(emb, labels), use_gpu=False)
     queries = np.arange(len(labels))
     for k in range(3):
         assert np.array_equal(index.search(queries, k, 6), exact_neighbours(emb, labels, queries, k, 6))
@@ -82,7 +83,7 @@ def test_fast_scoring_keeps_exactly_what_dense_filternet_keeps(tau, temperature)
     emb, labels = problem(n_classes=5, per=4, dim=8, seed=1)
     net = linear_filternet(8, 5, seed=2)
     tables = PartTables.from_filternet(net, emb, temperature)
-    index = PartNeighbours(emb, labels, use_gpu=False)
+    index = PartNeighbours.build(ArrayPool(emb, labels), use_gpu=False)
     for target in range(5):
         refs = np.nonzero(labels == target)[0]
         nb = [index.search(refs, k, 5) for k in range(3)]
@@ -128,7 +129,7 @@ def test_cheap_check_is_a_necessary_condition():
 def test_tau_extremes_and_budget():
     emb, labels = problem(n_classes=4, per=3, dim=8, seed=2)
     tables = PartTables.from_filternet(linear_filternet(8, 4), emb)
-    index = PartNeighbours(emb, labels, use_gpu=False)
+    index = PartNeighbours.build(ArrayPool(emb, labels), use_gpu=False)
     refs = np.nonzero(labels == 1)[0]
     nb = [index.search(refs, k, 4) for k in range(3)]
     nothing = fill_class(1, refs, nb, labels, tables, per_class=10, tau=1 - 1e-12, k=4)

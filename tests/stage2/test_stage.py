@@ -55,6 +55,28 @@ def test_same_bank_with_one_or_two_actors_and_a_summary(cli, trained):
     assert len(two) and (two["score"] >= 0.2).all() and two.groupby("class").size().max() <= 6
 
 
+def test_every_class_rule_through_an_approximate_index(cli, trained, tmp_path):
+    """--donor-classes 0 goes through the driver's part index, read by the actors; an approximate
+    one reports its tuned nprobe and its recall, and the store is gone when the stage ends."""
+    trained = shutil.copytree(trained, tmp_path / "run")  # the flags below stay in its config
+    base = ["generate", "--run-dir", trained, "--per-class", "6", "--tau", "0.2", "--neighbors", "3",
+            "--donor-classes", "0", "--force"]
+    assert cli(*base, "--neighbour-index", "flat")[0] == 0
+    exact, _ = bank_of(trained)
+    lookup = json.loads((trained / "generate.json").read_text())["lookup"]
+    assert lookup["kind"] == "flat" and lookup["recall"] == 1.0 and lookup["index_mb"] > 0
+    code, out, err = cli(*base, "--neighbour-index", "ivf")
+    assert code == 0, err
+    lookup = json.loads((trained / "generate.json").read_text())["lookup"]
+    assert lookup["kind"] == "ivf" and 0.0 <= lookup["recall"] <= 1.0 and lookup["nprobe"] >= 1
+    assert "part lookup: ivf" in out and not (trained / "negatives" / "store").exists()
+    approx, _ = bank_of(trained)
+    key = ["ref_image", "part1_image", "part2_image", "part3_image"]
+    shared = len(approx[key].merge(exact[key]).drop_duplicates())
+    assert shared / len(exact) >= 0.5  # retrieval may miss, never invents: most of the exact bank
+    assert cli(*base, "--neighbour-index", "hnsw")[0] == 2
+
+
 def test_interrupted_run_resumes_without_duplicates(cli, trained):
     args = ["generate", "--run-dir", trained, "--per-class", "5", "--tau", "0.2", "--neighbors", "2"]
     assert cli(*args, "--force")[0] == 0
