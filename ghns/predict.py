@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.images import BadImage, load_rgb
 from ghns.data.tensors import crop_resize, to_float
@@ -44,7 +45,7 @@ class Predictor:
         self.weights = json.loads(run.report_json.read_text())["fusion_weights"]
 
         def load(path, build):
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_checkpoint(path)
             model = build(state["settings"], pretrained="none")
             model.load_state_dict(state["model"])
             return model.eval(), state["settings"]
@@ -55,7 +56,7 @@ class Predictor:
         self.object, self.obj_settings = load(run.stage3 / "object.pt", build_image_classifier)
         from ghns.models.classifiers import PartsClassifier
 
-        state = torch.load(run.stage3 / "parts.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(run.stage3 / "parts.pt")
         s = state["settings"]
         self.parts_classifier = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"],
                                                 s["num_classes"], s["hidden"])

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.tensors import load_resized, to_float
 from ghns.localize.boxes import box_from_map, mass_centre, scale_box
 from ghns.localize.train import build_localizer
@@ -74,7 +75,7 @@ class LocalizeActor:
                  device: str = "cpu", threads: int = 1) -> None:
         if device == "cpu":
             torch.set_num_threads(threads)
-        checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(model_path)
         self.settings = checkpoint["settings"]
         self.model = build_localizer(self.settings, pretrained="none")
         self.model.load_state_dict(checkpoint["model"])

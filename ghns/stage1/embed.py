@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.tensors import load_part_crops, to_float
 from ghns.stage1.train import N_PARTS, build_parts
 
@@ -19,7 +20,7 @@ class EmbedActor:
     def __init__(self, model_path: str, device: str = "cpu", threads: int = 1) -> None:
         if device == "cpu":
             torch.set_num_threads(threads)
-        checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(model_path)
         self.settings = checkpoint["settings"]
         self.model = build_parts(self.settings, pretrained="none")
         self.model.load_state_dict(checkpoint["model"])

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.localize.train import frozen_blocks_for
@@ -124,7 +125,7 @@ def load_filternet(run: RunDir):
 def load_filternet_file(path):
     from ghns.models.parts import FilterNet
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     net = FilterNet(state["n_parts"], state["embedding_dim"], state["num_classes"], state["hidden"])
     net.load_state_dict(state["model"])
     return net.eval()

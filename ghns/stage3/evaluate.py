@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
@@ -37,7 +38,7 @@ class ScoreActor:
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.groups: dict[tuple, list[tuple[str, Any]]] = {}
         for name, path in models.items():
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_checkpoint(path)
             settings = state["settings"]
             model = build_image_classifier(settings, pretrained="none")
             model.load_state_dict(state["model"])
@@ -62,7 +63,7 @@ class ScoreActor:
 def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
     from ghns.models.classifiers import PartsClassifier
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     s = state["settings"]
     model = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"], s["num_classes"], s["hidden"])
     model.load_state_dict(state["model"])

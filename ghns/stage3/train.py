@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import triplet_loss
@@ -62,7 +63,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
     val_x, val_y = split_images(config, "val", ctx)
     model = build_image_classifier(config)
     if config.get("init_from"):
-        state = torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"]
+        state = load_checkpoint(config["init_from"])["model"]
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         model.backbone.load_state_dict(backbone)
     cached = model.frozen_blocks > 0

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from ghns.checkpoint import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
@@ -166,7 +168,7 @@ class WorkerContext:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
-                    state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+                    state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
         if self.is_main and self.history_file:
             starts = Path(str(self.history_file) + ".starts")
             starts.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ghns.checkpoint import load_checkpoint
 from ghns.data.tensors import load_resized, to_float
 from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
@@ -87,7 +88,7 @@ def test_score_actor_matches_each_model_alone(tiny_run):
     rows["_order"] = np.arange(len(rows))
     scored = actor(rows)
     for name, path in models.items():
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
         model = build_image_classifier(state["settings"], pretrained="none")
         model.load_state_dict(state["model"])
         boxes = None

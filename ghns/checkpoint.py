@@ -1,0 +1,25 @@
+"""Loading checkpoints a run directory holds, without running code from them.
+
+Every checkpoint ghns writes is tensors and plain settings (dicts, lists, numbers, strings), so
+it loads with ``torch.load(weights_only=True)``: a file carrying any other pickled object (for
+instance one made to run code when unpickled) is refused with one line naming it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from ghns.errors import StageError
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"{path}: refused, not a plain ghns checkpoint (tensors and settings only): "
+                         f"{first[:200]}") from None
