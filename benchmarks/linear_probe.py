@@ -16,14 +16,13 @@ import json
 import time
 
 import torch
-from torch.nn import functional as F
 
 from ghns.config import Config
 from ghns.data import build_catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.models.backbones import create_backbone
+from ghns.probe import L2_GRID, fit_probe
 
-L2_GRID = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 
 @torch.no_grad()
@@ -34,25 +33,6 @@ def features(backbone, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
         f = backbone(x).mean(dim=(2, 3)) + backbone(x.flip(-1)).mean(dim=(2, 3))
         out.append(f / 2)
     return torch.cat(out)
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, steps: int = 300) -> torch.nn.Linear:
-    """Multinomial logistic regression: mean cross-entropy + l2 * ||W||^2, L-BFGS."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(x.shape[1], classes)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model
 
 
 def main() -> None:
@@ -75,19 +55,19 @@ def main() -> None:
         images = load_resized(rows["path"].tolist(), args.image_size).images
         data[split] = (features(backbone, images), torch.tensor(rows["label"].to_numpy()))
     feature_s = time.perf_counter() - start
-    mean, std = data["train"][0].mean(0), data["train"][0].std(0).clamp_min(1e-6)
-    data = {s: ((x - mean) / std, y) for s, (x, y) in data.items()}
+    classes = len(catalog.classes)
 
-    def top1(model, split: str) -> float:
+    def top1(probe, split: str) -> float:
         x, y = data[split]
         with torch.no_grad():
-            return round(100.0 * (model(x).argmax(1) == y).float().mean().item(), 2)
+            return round(100.0 * (probe.logits(x).argmax(1) == y).float().mean().item(), 2)
 
     grid = []
     for l2 in L2_GRID:
-        model = fit_logistic(*data["train"], len(catalog.classes), l2)
-        grid.append({"l2": l2, "val_top1": top1(model, "val"), "test_top1": top1(model, "test")})
-    best = max(grid, key=lambda g: (g["val_top1"], g["l2"]))  # ties: the stronger L2
+        one = fit_probe(*data["train"], *data["val"], classes, (l2,))
+        grid.append({"l2": l2, "val_top1": top1(one, "val"), "test_top1": top1(one, "test")})
+    best_probe = fit_probe(*data["train"], *data["val"], classes)  # the rule stage 3 starts from
+    best = {"l2": best_probe.l2, "val_top1": top1(best_probe, "val"), "test_top1": top1(best_probe, "test")}
     print(json.dumps({"bench": "linear_probe", "dataset": args.dataset, "backbone": args.backbone,
                       "image_size": args.image_size, "classes": len(catalog.classes),
                       "train_images": len(data["train"][1]), "val_images": len(data["val"][1]),

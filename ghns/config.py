@@ -204,7 +204,8 @@ class Config:
                                      section="stage3", before=1)
     parts_epochs: int = _opt(60, "Epochs of the parts classifier (on embeddings: cheap).", low=1,
                              section="stage3")
-    parts_lr: float = _opt(0.05, "Initial learning rate of the parts classifier.", low=0.0,
+    parts_lr: float = _opt(0.01, "Initial learning rate of the parts classifier (it fine-tunes "
+                                 "from the linear probe of the part embeddings).", low=0.0,
                            low_open=True, section="stage3")
     parts_hidden: int = _opt(512, "Hidden units of the parts classifier's projection.", low=1,
                              section="stage3")

@@ -33,7 +33,7 @@ class Predictor:
         from ghns.config import Config
         from ghns.localize.train import build_localizer
         from ghns.stage1.train import build_parts
-        from ghns.stage3.train import build_image_classifier
+        from ghns.stage3.train import load_image_classifier
 
         if not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
@@ -52,16 +52,11 @@ class Predictor:
 
         self.localizer, self.loc_settings = load(run.path / "localize" / "model.pt", build_localizer)
         self.parts, self.part_settings = load(run.part_networks, build_parts)
-        self.original, self.orig_settings = load(run.stage3 / "original.pt", build_image_classifier)
-        self.object, self.obj_settings = load(run.stage3 / "object.pt", build_image_classifier)
-        from ghns.models.classifiers import PartsClassifier
+        self.original, self.orig_settings = load_image_classifier(run.stage3 / "original.pt")
+        self.object, self.obj_settings = load_image_classifier(run.stage3 / "object.pt")
+        from ghns.stage3.parts import load_parts_classifier
 
-        state = load_checkpoint(run.stage3 / "parts.pt")
-        s = state["settings"]
-        self.parts_classifier = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"],
-                                                s["num_classes"], s["hidden"])
-        self.parts_classifier.load_state_dict(state["model"])
-        self.parts_classifier.eval()
+        self.parts_classifier = load_parts_classifier(run.stage3 / "parts.pt")
 
     @torch.no_grad()
     def boxes(self, img) -> tuple[tuple, list[tuple]]:
@@ -97,8 +92,8 @@ class Predictor:
         obj, parts = self.boxes(img)
 
         def probs(model, settings, box=None):
-            x = torch.from_numpy(crop_resize(img, settings["image_size"], box)).permute(2, 0, 1)[None]
-            return model(to_float(x))[1].softmax(1)[0].numpy()
+            x = to_float(torch.from_numpy(crop_resize(img, settings["image_size"], box)).permute(2, 0, 1)[None])
+            return model.flip_averaged_logits(x, x.flip(-1)).softmax(1)[0].numpy()
 
         p_orig = probs(self.original, self.orig_settings)
         p_obj = probs(self.object, self.obj_settings, obj)

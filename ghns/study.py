@@ -92,7 +92,7 @@ def study_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: this worker's share of the jobs, one after another (no DDP: each
     job is a whole classifier; workers split the jobs)."""
     from ghns.stage3.parts import (NegativeBank, PartsData, PartsSettings, fit_parts_classifier,
-                                   parts_softmax)
+                                   parts_probe, parts_softmax)
     from ghns.stage1.table import read_embeddings
     from ghns.train.runner import WorkerContext
 
@@ -103,6 +103,7 @@ def study_loop(config: dict[str, Any]) -> None:
     eval_ids, eval_sets = meta["image_id"].to_numpy()[evaluated], emb[evaluated]
     settings = PartsSettings.from_dict(config["parts"])
     dim = data.train_x.shape[1]
+    probe = parts_probe(data, config["num_classes"])  # every job starts from the same probe
     banks: dict[str, NegativeBank] = {}
     jobs = config["jobs"][ctx.rank::ctx.world]
     out_dir = Path(config["jobs_dir"])
@@ -118,7 +119,7 @@ def study_loop(config: dict[str, Any]) -> None:
                 banks[key] = NegativeBank.read(Path(job["bank"]["folder"]), dim, job["bank"]["per_class"])
             bank = banks[key]
         model, best = fit_parts_classifier(data, bank, settings, config["num_classes"], job["seed"],
-                                           job["bank"] is not None)
+                                           job["bank"] is not None, probe=probe)
         tmp = out.with_name(f"{out.stem}.tmp.npz")
         np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
                             val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank))

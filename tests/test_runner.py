@@ -36,4 +36,4 @@ def test_keep_best_keeps_the_best_validation_epoch():
     assert restored.epoch == 1 and restored.acc == 70.0
     empty = KeepBest()
     empty.update(model, float("nan"), 0)
-    assert empty.apply(model) == -1  # no validation: the last weights stay
+    assert empty.apply(model) is None  # no validation: the last weights stay

@@ -1,7 +1,7 @@
 """Stage 3 classifiers (paper 3.3).
 
 * ``ImageClassifier``: the original-image and the object-image classifier: backbone -> global
-  average pooling -> embedding (unit length, for the triplet loss) -> linear classifier.
+  average pooling -> standardisation -> linear classifier, started from the linear probe (LP-FT).
 * ``PartsClassifier``: the parts image classifier. It reads the three stage-1 part embeddings of a
   set (frozen part extractors), so a generated hard negative n+, stored as its three part
   embeddings, lives in exactly the same input space as the real sets r, p and n: no CNN is re-run
@@ -21,13 +21,21 @@ from ghns.models.backbones import Backbone
 
 
 class ImageClassifier(nn.Module):
-    def __init__(self, backbone: Backbone, embedding_dim: int, num_classes: int,
-                 frozen_blocks: int = 0) -> None:
+    """Backbone -> global average pooling -> standardisation -> linear classifier.
+
+    LP-FT (Kumar et al., ICLR 2022): ``start_from(probe)`` loads the linear probe of the pooled
+    features (flip-averaged, as ``benchmarks/linear_probe.py`` computes them) into the
+    standardisation and the classifier, so the untrained classifier is that probe; fine-tuning the
+    trainable blocks moves on from there. The triplet term's embedding is the standardised feature,
+    L2-normalised."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, frozen_blocks: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.frozen_blocks = frozen_blocks
-        self.embed = nn.Linear(backbone.out_channels, embedding_dim)
-        self.classify = nn.Linear(embedding_dim, num_classes)
+        self.register_buffer("mean", torch.zeros(backbone.out_channels))
+        self.register_buffer("std", torch.ones(backbone.out_channels))
+        self.classify = nn.Linear(backbone.out_channels, num_classes)
         for p in backbone.blocks[:frozen_blocks].parameters():
             p.requires_grad_(False)
 
@@ -43,21 +51,61 @@ class ImageClassifier(nn.Module):
             h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def pooled(self, x: torch.Tensor, cached: bool = False) -> torch.Tensor:
+        """Globally pooled features of images (or, with ``cached``, of trunk outputs)."""
+        return self.backbone.blocks[self.frozen_blocks:](x if cached else self.trunk(x)).mean(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = (pooled - self.mean) / self.std
+        return F.normalize(z, dim=1), self.classify(z)
+
+    @torch.no_grad()
+    def start_from(self, probe) -> None:
+        """Load a ``ghns.probe.Probe`` of this classifier's pooled features."""
+        self.mean.copy_(probe.mean)
+        self.std.copy_(probe.std)
+        self.classify.weight.copy_(probe.weight)
+        self.classify.bias.copy_(probe.bias)
+
     def forward(self, x: torch.Tensor, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.backbone.blocks[self.frozen_blocks:](x if cached else self.trunk(x))
-        f = self.embed(feats.mean(dim=(2, 3)))
-        return F.normalize(f, dim=1), self.classify(f)
+        return self.head(self.pooled(x, cached))
+
+    def flip_averaged_logits(self, x: torch.Tensor, x_flipped: torch.Tensor,
+                             cached: bool = False) -> torch.Tensor:
+        """Logits of the pooled features averaged over an input and its horizontal flip (images,
+        or trunk outputs of the images and of the flipped images)."""
+        return self.head((self.pooled(x, cached) + self.pooled(x_flipped, cached)) / 2)[1]
 
 
 class PartsClassifier(nn.Module):
-    def __init__(self, n_parts: int, part_dim: int, embedding_dim: int, num_classes: int,
-                 hidden: int = 512) -> None:
+    """Standardised set embedding -> residual projection (the embedding of Eq. 9) -> linear
+    classifier (Eq. 10).
+
+    LP-FT (Kumar et al., ICLR 2022): ``start_from(probe)`` loads the linear probe of the part
+    embeddings into the standardisation and the classifier, and the projection's last layer starts
+    at zero, so the untrained classifier *is* the probe; training (cross-entropy + the quadruplet
+    loss with the generated hard negatives) moves the embedding from there."""
+
+    def __init__(self, n_parts: int, part_dim: int, num_classes: int, hidden: int = 512) -> None:
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(n_parts * part_dim, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, embedding_dim))
-        self.classify = nn.Linear(embedding_dim, num_classes)
+        dim = n_parts * part_dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.project = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.project[2].weight)
+        nn.init.zeros_(self.project[2].bias)
+        self.classify = nn.Linear(dim, num_classes)
+
+    @torch.no_grad()
+    def start_from(self, probe) -> None:
+        """Load a ``ghns.probe.Probe`` of the concatenated part embeddings."""
+        self.mean.copy_(probe.mean)
+        self.std.copy_(probe.std)
+        self.classify.weight.copy_(probe.weight)
+        self.classify.bias.copy_(probe.bias)
 
     def forward(self, sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``sets``: (B, P * D) concatenated part embeddings -> (unit embedding, logits)."""
-        f = self.project(sets)
+        z = (sets - self.mean) / self.std
+        f = z + self.project(z)
         return F.normalize(f, dim=1), self.classify(f)

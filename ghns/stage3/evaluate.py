@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
@@ -24,24 +23,26 @@ IMAGE_MODELS = ("original", "object")
 
 
 class ScoreActor:
-    """Ray Data actor: the image classifiers loaded once; softmax scores per image out.
+    """Ray Data actor: the image classifiers loaded once; softmax scores per image out, from the
+    pooled features averaged over the image and its mirror image (as they trained and as their
+    probe saw them).
 
-    Classifiers whose frozen blocks hold the same weights (they all start from the localizer) and
-    read the same input share one pass through those blocks: each image is decoded once per crop
-    and the frozen trunk runs once per group, not once per classifier."""
+    Classifiers whose frozen blocks hold the same weights (the original classifier and its
+    seed-ensemble copies) and read the same input share one pass through those blocks: each image
+    is decoded once per crop and the frozen trunk runs once per group and orientation, not once
+    per classifier."""
 
     def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
-        from ghns.stage3.train import build_image_classifier
+        from ghns.stage3.train import cpu_layout, load_image_classifier
 
         if device == "cpu":
             torch.set_num_threads(threads)
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.groups: dict[tuple, list[tuple[str, Any]]] = {}
+        self.layout = torch.contiguous_format
         for name, path in models.items():
-            state = load_checkpoint(path)
-            settings = state["settings"]
-            model = build_image_classifier(settings, pretrained="none")
-            model.load_state_dict(state["model"])
+            model, settings = load_image_classifier(path)
+            self.layout = cpu_layout(model, self.device)
             key = (settings["crop"], settings["image_size"], model.frozen_blocks, model.trunk_digest())
             self.groups.setdefault(key, []).append((name, model.to(self.device).eval()))
 
@@ -53,21 +54,18 @@ class ScoreActor:
             if crop == "object":
                 boxes = [tuple(r) for r in batch[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
             images = to_float(load_resized(batch["path"].tolist(), size, boxes).images).to(self.device)
-            trunk = members[0][1].trunk(images)
+            images = images.contiguous(memory_format=self.layout)
+            trunk, flipped = members[0][1].trunk(images), members[0][1].trunk(images.flip(-1))
             for name, model in members:
-                _, logits = model(trunk, cached=True)
+                logits = model.flip_averaged_logits(trunk, flipped, cached=True)
                 out[name] = list(logits.float().softmax(1).cpu().numpy())
         return out
 
 
 def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
-    from ghns.models.classifiers import PartsClassifier
+    from ghns.stage3.parts import load_parts_classifier
 
-    state = load_checkpoint(path)
-    s = state["settings"]
-    model = PartsClassifier(s["n_parts"], s["part_dim"], s["embedding_dim"], s["num_classes"], s["hidden"])
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = load_parts_classifier(path)
     with torch.no_grad():
         return model(torch.from_numpy(embeddings.reshape(len(embeddings), -1)))[1].softmax(1).numpy()
 
@@ -140,6 +138,8 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
         "top3": {"fused": full["top3"]}, "top5": {"fused": full["top5"]},
         "fusion_weights": full["weights"],
         "fusion_weights_from": "config" if cfg.fusion_weights else f"val grid, step {step}",
+        # how optimistic the val accuracy at the chosen weights is (positive: val above test)
+        "fusion_val_test_gap": round(full["val_top1"] - full["top1"], 2),
         "table6": table6,
         "parts_without_negatives": rows["parts_noneg"],
     }
@@ -183,7 +183,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- seed-ensemble control ({se['members']} original-image classifiers, fused the "
                      f"same way): **{se['top1']}** (members {se['member_top1']})")
     lines += [f"- fusion weights (original, object, parts): {report['fusion_weights']} "
-              f"({report.get('fusion_weights_from', 'val grid')})", ""]
+              f"({report.get('fusion_weights_from', 'val grid')}); fused val top-1 minus test "
+              f"top-1 at them: {report.get('fusion_val_test_gap')}", ""]
     if report.get("confused_pairs"):
         lines += ["Most confused class pairs (fused, test):", ""]
         lines += [f"- {p['classes'][0]} / {p['classes'][1]}: {p['errors']}" for p in report["confused_pairs"]]

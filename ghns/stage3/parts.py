@@ -91,7 +91,6 @@ class NegativeBank:
 class PartsSettings:
     """How one parts classifier trains (names as in ``ghns.config.Config``)."""
 
-    embedding_dim: int
     parts_hidden: int
     lambda_parts: float
     quad_m1: float
@@ -115,9 +114,35 @@ class PartsSettings:
                 "lr_step": self.lr_step_epochs, "lr_gamma": self.lr_gamma}
 
 
+FORMAT = 2  # checkpoints of format 1 (a 128-d projection from scratch) predate LP-FT
+
+
 def build_parts_classifier(data: PartsData, settings: PartsSettings, num_classes: int) -> PartsClassifier:
-    return PartsClassifier(data.n_parts, data.part_dim, settings.embedding_dim, num_classes,
-                           settings.parts_hidden)
+    return PartsClassifier(data.n_parts, data.part_dim, num_classes, settings.parts_hidden)
+
+
+def parts_probe(data: PartsData, num_classes: int):
+    """The linear probe of the concatenated part embeddings (train, L2 chosen on val): the
+    parts classifier's start."""
+    from ghns.probe import fit_probe
+
+    return fit_probe(data.train_x, data.train_y, data.val_x, data.val_y, num_classes)
+
+
+def load_parts_classifier(path: Path) -> PartsClassifier:
+    """A saved parts classifier (``<run>/stage3/parts*.pt``), ready for inference."""
+    from ghns.checkpoint import load_checkpoint
+    from ghns.errors import StageError
+
+    state = load_checkpoint(path)
+    s = state["settings"]
+    if s.get("format") != FORMAT:
+        raise StageError(f"{path} was made by an older ghns (parts classifier format "
+                         f"{s.get('format', 1)}, this one reads {FORMAT}): rerun "
+                         "'ghns train-final --force'")
+    model = PartsClassifier(s["n_parts"], s["part_dim"], s["num_classes"], s["hidden"])
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSettings,
@@ -126,8 +151,12 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
                          wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
                          all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
                          restore: Callable[..., int] | None = None,
-                         on_epoch: Callable[..., None] | None = None):
+                         on_epoch: Callable[..., None] | None = None, probe=None):
     """Train one parts classifier; returns ``(model with its best-val-epoch weights, KeepBest)``.
+
+    It starts from ``probe`` (``parts_probe`` of the whole train split; fitted here from ``data``
+    when not given), and the start competes with every epoch on val (as epoch -1): fine-tuning
+    that does not beat the probe on val keeps the probe.
 
     ``restore(model, opt, sched, best) -> first epoch`` resumes from a checkpoint; ``on_epoch(
     metrics, model, opt, sched, best)`` is called after every epoch (Ray Train reporting);
@@ -138,10 +167,17 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     torch.manual_seed(seed + rank)
     bank = bank if use_negatives else NegativeBank.empty(data.train_x.shape[1])
     model = build_parts_classifier(data, settings, num_classes)
-    net = wrap(model.to(device))
-    opt, sched = make_optimizer(list(model.parameters()), settings.optimizer_config())
+    model.start_from(probe if probe is not None else parts_probe(data, num_classes))
+    model.to(device)
+    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad],
+                                settings.optimizer_config())
     best = KeepBest()
     start = restore(model, opt, sched, best) if restore is not None else 0
+    if start == 0:
+        model.eval()
+        best.update(model, accuracy(lambda v: model(v.to(device))[1], data.val_x, data.val_y,
+                                    all_reduce), -1)
+    net = wrap(model)
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 17 * start)
     rng = np.random.default_rng(seed * 1000 + rank + 17 * start)
     lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2

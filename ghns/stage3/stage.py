@@ -83,29 +83,34 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
             backbone = cfg.resolved_backbone()
             seed = cfg.seed + (int(name.split("seed")[1]) if "seed" in name else 0)
             localizer = run.path / "localize" / "model.pt"
+            # a pretrained backbone starts from its own weights (the features its linear probe,
+            # the bar, sees); one without weights from the localizer, already a whole-image
+            # classifier of this train split. Either way only the last block trains by default
+            # and the rest is cached once.
+            from ghns.models.backbones import BACKBONES
+
+            weights = BACKBONES[backbone].default_pretrained if cfg.pretrained == "auto" else cfg.pretrained
+            init_from = str(localizer.resolve()) if weights == "none" and localizer.is_file() else None
             config = {**common, "catalog": str(run.catalog.resolve()),
                       "localization": str(run.localization.resolve()),
                       "crop": "object" if name == "object" else "whole",
                       "image_size": cfg.resolved_localize_size(), "backbone": backbone,
-                      "pretrained": cfg.pretrained,
-                      "init_from": str(localizer.resolve()) if localizer.is_file() else None,
-                      # started from the localizer, the backbone counts as pretrained: by
-                      # default only its last block trains, the rest is cached once (fine-tuning
-                      # all of it at stage 3's learning rate undid the localizer's features)
+                      "pretrained": weights, "init_from": init_from,
                       "frozen_blocks": frozen_blocks_for(
-                          backbone, "localizer" if localizer.is_file() else cfg.pretrained,
+                          backbone, "localizer" if init_from else weights,
                           cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0
                           else cfg.trainable_blocks, pretrained_default=1),
                       "trunk_cache": str((run.stage3 / "cache").resolve()),
-                      "embedding_dim": cfg.embedding_dim, "lam": cfg.lambda_image,
+                      "lam": cfg.lambda_image,
                       "margin": cfg.triplet_margin, "mining": cfg.triplet_mining,
                       "epochs": cfg.stage3_epochs, "lr": cfg.stage3_lr, "seed": seed}
             loop = image_classifier_loop
         fit(loop, config, cfg, name=f"stage3_{name}")
+    from ghns.checkpoint import load_checkpoint
+
     history = json.loads(history_file.read_text())
-    last = history[-1] if history else {}
-    scored = [h for h in history if h.get("val_acc") == h.get("val_acc")]  # not NaN
-    kept = max(scored, key=lambda h: h["val_acc"]) if scored else last  # what KeepBest kept
-    return {"val_accuracy": round(kept.get("val_acc", float("nan")), 2),
-            "epoch_kept": kept.get("epoch"), "epochs": len(history),
+    saved = load_checkpoint(out)["settings"]  # what KeepBest kept (epoch -1: the probe, LP-FT)
+    acc = saved.get("val_accuracy", float("nan"))
+    return {"val_accuracy": round(acc, 2) if acc == acc and abs(acc) != float("inf") else None,
+            "epoch_kept": saved.get("epoch_kept"), "epochs": len(history),
             "seconds": round(sum(h.get("epoch_seconds", 0.0) for h in history), 1)}

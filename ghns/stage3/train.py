@@ -2,8 +2,10 @@
 
 * ``image_classifier_loop``: the original-image classifier (whole images) and the object
   classifier (CAM/foreground object crops): ``lam * L_cls + (1 - lam) * L_triplet`` (paper:
-  lam = 0.8 for both). The backbone starts from the localizer's weights (a whole-image classifier
-  already trained on the same train split) and trains ``trainable_blocks`` blocks.
+  lam = 0.8 for both), linear probe first, then fine-tuning (LP-FT). The backbone is the
+  pretrained one (the features its probe sees) or, for a backbone without pretrained weights, the
+  localizer's (a whole-image classifier already trained on the same train split); it trains
+  ``trainable_blocks`` blocks.
 * ``parts_classifier_loop``: ``lam_p * L_cls + (1 - lam_p) * L_quad`` (Eq. 10) on the stage-1
   part embeddings; quadruplets (r, p, n+, n) take p and n as the hardest positive and negative of
   r in the batch and n+ as a generated hard negative of r's class (one made from r when the bank
@@ -37,52 +39,110 @@ from ghns.train.runner import WorkerContext
 
 # -- original-image and object classifiers ------------------------------------------------------
 
+IMAGE_FORMAT = 2  # format 1 (a 128-d embedding from the localizer's weights) predates LP-FT
+
+
 def build_image_classifier(settings: dict[str, Any], pretrained: str | None = None) -> ImageClassifier:
     backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
-    return ImageClassifier(backbone, settings["embedding_dim"], settings["num_classes"],
-                           settings["frozen_blocks"])
+    return ImageClassifier(backbone, settings["num_classes"], settings["frozen_blocks"])
+
+
+def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
+    """A saved original / object classifier (``<run>/stage3/*.pt``) and its settings."""
+    from ghns.errors import StageError
+
+    state = load_checkpoint(path)
+    settings = state["settings"]
+    if settings.get("format") != IMAGE_FORMAT:
+        raise StageError(f"{path} was made by an older ghns (image classifier format "
+                         f"{settings.get('format', 1)}, this one reads {IMAGE_FORMAT}): rerun "
+                         "'ghns train-final --force'")
+    model = build_image_classifier(settings, pretrained="none")
+    model.load_state_dict(state["model"])
+    return model.eval(), settings
 
 
 def split_images(config: dict[str, Any], split: str, ctx: WorkerContext | None = None):
-    """This worker's share of ``split``: images (whole or object crops) and labels."""
+    """This worker's share of ``split``: images (whole or object crops), labels, and where the
+    share sits in the whole split (``(slice, size of the split)``)."""
     catalog = Catalog.read(config["catalog"])
     rows = catalog.split(split)
-    if ctx is not None:
-        rows = rows.iloc[ctx.shard(len(rows))]
+    n = len(rows)
+    share = ctx.shard(n) if ctx is not None else slice(0, n)
+    rows = rows.iloc[share]
     boxes = None
     if config["crop"] == "object":
         loc = pd.read_parquet(config["localization"]).set_index("image_id")
         boxes = [tuple(loc.loc[i, [f"obj_{c}" for c in "xywh"]]) for i in rows["image_id"]]
-    return load_images(rows, config["image_size"], boxes), torch.tensor(rows["label"].to_numpy())
+    return (load_images(rows, config["image_size"], boxes), torch.tensor(rows["label"].to_numpy()),
+            (share, n))
+
+
+def _gather(ctx: WorkerContext, local: torch.Tensor, where: tuple[slice, int]) -> torch.Tensor:
+    """The whole split's rows from every worker's share (each row is non-zero on one worker)."""
+    share, n = where
+    full = torch.zeros(n, *local.shape[1:], dtype=local.dtype)
+    full[share] = local
+    return ctx.all_reduce(full)
 
 
 def image_classifier_loop(config: dict[str, Any]) -> None:
+    """Linear probe, then fine-tune (LP-FT): the probe of the flip-averaged pooled features of the
+    whole train split (L2 chosen on val) is the start and competes with every epoch on val."""
+    from ghns.probe import fit_probe
+
     ctx = WorkerContext(config)
     torch.manual_seed(config["seed"] + ctx.rank)
-    train_x, train_y = split_images(config, "train", ctx)
-    val_x, val_y = split_images(config, "val", ctx)
+    train_x, train_y, train_where = split_images(config, "train", ctx)
+    val_x, val_y, val_where = split_images(config, "val", ctx)
     model = build_image_classifier(config)
     if config.get("init_from"):
         state = load_checkpoint(config["init_from"])["model"]
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         model.backbone.load_state_dict(backbone)
     cached = model.frozen_blocks > 0
+    # each image and its mirror image: trunk outputs of both when the trunk is frozen (an exact
+    # flip augmentation and flip-averaged features, at one extra trunk pass), else the images
     if cached:
-        train_x = _trunk_outputs(model, train_x, ctx, config)
-        val_x = _trunk_outputs(model, val_x, ctx, config)
+        train_f = _trunk_outputs(model, train_x.flip(-1), ctx, config)
+        val_f = _trunk_outputs(model, val_x.flip(-1), ctx, config)
+        train_x, val_x = _trunk_outputs(model, train_x, ctx, config), _trunk_outputs(model, val_x, ctx, config)
+    else:
+        train_f, val_f = train_x.flip(-1), val_x.flip(-1)
+    model.to(ctx.device)
+
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() if cached else to_float(x)).to(ctx.device, non_blocking=True)
+
+    @torch.no_grad()
+    def pooled(x: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        return torch.cat([((model.pooled(inputs(x[i:i + 128]), cached)
+                            + model.pooled(inputs(xf[i:i + 128]), cached)) / 2).cpu()
+                          for i in range(0, len(x), 128)]) if len(x) else torch.zeros(0, model.mean.numel())
+
+    def val_accuracy() -> float:
+        return _accuracy(lambda i: model.flip_averaged_logits(inputs(val_x[i]), inputs(val_f[i]), cached),
+                         torch.arange(len(val_y)), val_y, ctx)
+
     net = ctx.wrap(model)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     best = KeepBest()
     start = _restore(ctx, model, opt, sched, best)
+    if start == 0:  # LP: the probe on the whole train split, the same on every worker
+        probe = fit_probe(_gather(ctx, pooled(train_x, train_f), train_where),
+                          _gather(ctx, train_y, train_where), _gather(ctx, pooled(val_x, val_f), val_where),
+                          _gather(ctx, val_y, val_where), config["num_classes"])
+        model.start_from(probe)
+        best.update(model, val_accuracy(), -1)
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
     lam = config["lam"]
 
-    def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
-        x = x.float() if cached else to_float(x)
-        if train:
-            x = augment(x, gen, max_shift=0.0 if cached else 0.1)
-        return x.to(ctx.device, non_blocking=True)
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = inputs(torch.where(flip.view(-1, *[1] * (train_x.dim() - 1)), train_f[idx], train_x[idx]))
+        return x if cached else augment(x, gen, flip=False, max_shift=0.1)
 
     for epoch in range(start, config["epochs"]):
         ctx.fail_once(epoch)
@@ -94,7 +154,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
             y = train_y[idx].to(ctx.device)
             with autocast:
-                emb, logits = net(inputs(train_x[idx], True), cached=cached)
+                emb, logits = net(batch(idx), cached=cached)
                 l_cls = F.cross_entropy(logits.float(), y)
                 l_tri = triplet_loss(emb.float(), y, config["margin"], config["mining"])
                 loss = lam * l_cls + (1 - lam) * l_tri
@@ -106,17 +166,26 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         sums = ctx.all_reduce(sums)
         metrics = dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
-        metrics["val_acc"] = _accuracy(lambda x: model(inputs(x, False), cached=cached)[1], val_x, val_y, ctx)
+        metrics["val_acc"] = val_accuracy()
         best.update(model, metrics["val_acc"], epoch)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "epoch": epoch,
                              "best": best.dump()})
     if ctx.is_main:
-        keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks",
-                "image_size", "crop")
+        keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size", "crop")
         kept = best.apply(model)
-        _save(config["output"], model, {**{k: config[k] for k in keys}, "epoch_kept": kept})
+        _save(config["output"], model, {**{k: config[k] for k in keys}, "format": IMAGE_FORMAT,
+                                        "epoch_kept": kept, "val_accuracy": best.acc})
+
+
+def cpu_layout(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """Channels-last on a CPU (the convolutions of these backbones run about 1.4x faster so on
+    this project's 2-core machine; same results up to float rounding), else the default layout.
+    Moves ``model``'s weights to that layout and returns it for the inputs."""
+    layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+    model.to(memory_format=layout)
+    return layout
 
 
 def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext,
@@ -140,9 +209,10 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
                 return torch.load(path, map_location="cpu")
             except Exception:  # a torn file from an interrupted writer: recompute it
                 pass
+    layout = cpu_layout(model, ctx.device)
     with torch.no_grad():
-        out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device)).half().cpu()
-                         for i in range(0, len(images), 64)])
+        out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device).contiguous(memory_format=layout))
+                         .contiguous().half().cpu() for i in range(0, len(images), 64)])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -155,10 +225,12 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
 
 def parts_classifier_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the parts classifier (``ghns.stage3.parts`` does the work)."""
-    from ghns.stage3.parts import NegativeBank, PartsData, PartsSettings, fit_parts_classifier
+    from ghns.stage3.parts import (FORMAT, NegativeBank, PartsData, PartsSettings,
+                                   fit_parts_classifier, parts_probe)
 
     ctx = WorkerContext(config)
     data = PartsData.read(Path(config["embeddings"]))
+    probe = parts_probe(data, config["num_classes"])  # on the whole train split, before sharding
     shard = ctx.shard(len(data.train_y))
     data.train_x, data.train_y, data.train_ids = (data.train_x[shard], data.train_y[shard],
                                                   data.train_ids[shard])
@@ -178,11 +250,11 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
         data, bank, settings, config["num_classes"], config["seed"], config["use_negatives"],
         device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
         restore=lambda model, opt, sched, kept: _restore(ctx, model, opt, sched, kept),
-        on_epoch=on_epoch)
+        on_epoch=on_epoch, probe=probe)
     if ctx.is_main:
-        out = {"n_parts": data.n_parts, "part_dim": data.part_dim,
-               "embedding_dim": settings.embedding_dim, "num_classes": config["num_classes"],
-               "hidden": settings.parts_hidden, "epoch_kept": best.epoch}
+        out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,
+               "num_classes": config["num_classes"], "hidden": settings.parts_hidden,
+               "epoch_kept": best.epoch, "val_accuracy": best.acc}
         _save(config["output"], model, out)
 
 
@@ -202,7 +274,9 @@ def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest") -> int:
 class KeepBest:
     """The weights of the epoch with the best validation accuracy (the last epoch's when there
     is no validation split): short CPU runs at a constant learning rate end on a noisy epoch,
-    and choosing on val keeps test untouched."""
+    and choosing on val keeps test untouched. The start (a probe, LP-FT) enters as epoch -1, and
+    a later epoch replaces it only when strictly better: fine-tuning never ends below its start
+    on val."""
 
     def __init__(self) -> None:
         self.acc, self.epoch, self.state = float("-inf"), -1, None
@@ -219,15 +293,18 @@ class KeepBest:
     def dump(self) -> dict:
         return {"acc": self.acc, "epoch": self.epoch, "state": self.state}
 
-    def apply(self, model) -> int:
-        """Load the best weights into ``model``; returns the epoch they come from (-1: last)."""
-        if self.state is not None:
-            model.load_state_dict(self.state)
+    def apply(self, model) -> int | None:
+        """Load the best weights into ``model``; returns the epoch they come from (-1: the start,
+        before any training step; None: no val split, the last epoch's weights stay)."""
+        if self.state is None:
+            return None
+        model.load_state_dict(self.state)
         return self.epoch
 
 
 @torch.no_grad()
 def _accuracy(predict, x: torch.Tensor, y: torch.Tensor, ctx: WorkerContext) -> float:
+    """Percent of ``y`` that ``predict`` (of batches of ``x``) gets right, over every worker."""
     correct = torch.zeros(2)
     for i in range(0, len(y), 256):
         logits = predict(x[i:i + 256])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ghns.losses import batch_hardest
-from ghns.stage3.parts import (NegativeBank, PartsData, PartsSettings, fit_parts_classifier,
-                               parts_metric_loss)
+from ghns.stage3.parts import (NegativeBank, PartsData, PartsSettings, build_parts_classifier,
+                               fit_parts_classifier, parts_metric_loss, parts_probe)
 
 
 def brute_metric(f, y, f_plus, anchors, m1, m2, per_anchor):
@@ -70,7 +70,7 @@ def tiny_data(seed=0):
                      torch.tensor(vx, dtype=torch.float32), torch.tensor(vy), 3, 4)
 
 
-SETTINGS = PartsSettings(embedding_dim=8, parts_hidden=16, lambda_parts=0.75, quad_m1=0.4, quad_m2=0.2,
+SETTINGS = PartsSettings(parts_hidden=16, lambda_parts=0.75, quad_m1=0.4, quad_m2=0.2,
                          parts_epochs=4, parts_lr=0.05, optimizer="sgd", weight_decay=5e-4,
                          lr_step_epochs=40, lr_gamma=0.1, batch_classes=2, batch_images=4)
 
@@ -85,8 +85,39 @@ def test_one_training_run_is_deterministic_and_the_control_ignores_the_bank():
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
     assert [m["epoch"] for m in seen] == [0, 1, 2, 3] and all(m["bank_size"] == 6 for m in seen)
-    assert best_a.epoch == max(range(4), key=lambda e: (seen[e]["val_acc"], -e))
+    start = parts_probe(data, 4).val_accuracy
+    accs = {-1: start, **{e: seen[e]["val_acc"] for e in range(4)}}
+    assert best_a.epoch == max(accs, key=lambda e: (accs[e], -e))
     control, _ = fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=False)
     empty, _ = fit_parts_classifier(data, NegativeBank.empty(12), SETTINGS, 4, seed=3, use_negatives=True)
     for a, b in zip(control.state_dict().values(), empty.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_untrained_parts_classifier_is_the_probe():
+    """LP-FT: before any fine-tuning step the classifier reproduces the probe's logits and its
+    val accuracy."""
+    data = tiny_data(1)
+    probe = parts_probe(data, 4)
+    model = build_parts_classifier(data, SETTINGS, 4)
+    model.start_from(probe)
+    with torch.no_grad():
+        logits = model(data.val_x)[1]
+    assert torch.allclose(logits, probe.logits(data.val_x), atol=1e-5)
+    acc = 100.0 * (logits.argmax(1) == data.val_y).float().mean().item()
+    assert acc == pytest.approx(probe.val_accuracy)
+
+
+def test_fine_tuning_that_does_not_beat_the_start_keeps_the_probe():
+    """A learning rate that wrecks the classifier on the first step: every epoch is worse than
+    the start on val, so the start (epoch -1) is what comes back."""
+    from dataclasses import replace
+
+    data = tiny_data(2)
+    probe = parts_probe(data, 4)
+    assert probe.val_accuracy > 50
+    model, best = fit_parts_classifier(data, NegativeBank.empty(12), replace(SETTINGS, parts_lr=1e4),
+                                       4, seed=0, use_negatives=False, probe=probe)
+    assert best.epoch == -1 and best.acc == pytest.approx(probe.val_accuracy)
+    with torch.no_grad():
+        assert torch.allclose(model(data.val_x)[1], probe.logits(data.val_x), atol=1e-5)

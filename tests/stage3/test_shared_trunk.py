@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ghns.checkpoint import load_checkpoint
 from ghns.data.tensors import load_resized, to_float
 from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
@@ -18,7 +17,7 @@ from ghns.train.runner import WorkerContext
 
 def _classifier(frozen: int, seed: int = 0) -> ImageClassifier:
     torch.manual_seed(seed)
-    return ImageClassifier(create_backbone("tiny_cnn", "none"), 8, 3, frozen)
+    return ImageClassifier(create_backbone("tiny_cnn", "none"), 3, frozen)
 
 
 def test_digest_follows_frozen_weights_only():
@@ -44,7 +43,7 @@ def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
     assert first.dtype == torch.float16 and len(list(tmp_path.glob("*.pt"))) == 1
     with torch.no_grad():
         expected = a.trunk(to_float(images)).half()
-    assert torch.equal(first, expected)
+    torch.testing.assert_close(first, expected, atol=1e-2, rtol=1e-2)  # channels-last on CPU: rounding
 
     b = _classifier(3, seed=5)
     b.backbone.load_state_dict(a.backbone.state_dict())
@@ -73,7 +72,7 @@ def test_torn_cache_file_is_recomputed(tmp_path):
 @pytest.mark.slow
 def test_score_actor_matches_each_model_alone(tiny_run):
     from ghns.stage3.evaluate import ScoreActor
-    from ghns.stage3.train import build_image_classifier
+    from ghns.stage3.train import load_image_classifier
 
     names = ["original", "object", "original_seed1"]
     models = {n: str(tiny_run / "stage3" / f"{n}.pt") for n in names}
@@ -88,13 +87,11 @@ def test_score_actor_matches_each_model_alone(tiny_run):
     rows["_order"] = np.arange(len(rows))
     scored = actor(rows)
     for name, path in models.items():
-        state = load_checkpoint(path)
-        model = build_image_classifier(state["settings"], pretrained="none")
-        model.load_state_dict(state["model"])
+        model, settings = load_image_classifier(path)
         boxes = None
-        if state["settings"]["crop"] == "object":
+        if settings["crop"] == "object":
             boxes = [tuple(r) for r in rows[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
-        images = load_resized(rows["path"].tolist(), state["settings"]["image_size"], boxes).images
-        with torch.no_grad():
-            alone = model.eval()(to_float(images))[1].softmax(1).numpy()
+        x = to_float(load_resized(rows["path"].tolist(), settings["image_size"], boxes).images)
+        with torch.no_grad():  # flip-averaged, as evaluate scores
+            alone = model.flip_averaged_logits(x, x.flip(-1)).softmax(1).numpy()
         np.testing.assert_allclose(np.stack(scored[name].to_numpy()), alone, atol=1e-5)
