@@ -14,12 +14,22 @@ from typing import Any
 from ghns.errors import StageError
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Any:
+def load_checkpoint(path: str | Path, map_location: str = "cpu",
+                    format: tuple[str, int] | None = None) -> Any:
+    """The checkpoint in ``path``. With ``format=(what, n)`` its ``settings["format"]`` must be
+    ``n`` (checkpoints without one are format 1): an older model is refused in one line."""
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StageError(f"{path}: refused, not a plain ghns checkpoint (tensors and settings only): "
                          f"{first[:200]}") from None
+    if format is not None:
+        what, wanted = format
+        found = state.get("settings", {}).get("format", 1)
+        if found != wanted:
+            raise StageError(f"{path} was made by an older ghns ({what} format {found}, this one "
+                             f"reads {wanted}): rerun 'ghns train-final --force'")
+    return state

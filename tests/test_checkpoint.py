@@ -40,3 +40,13 @@ def test_pickle_payload_is_refused_and_does_not_run(tmp_path):
     with pytest.raises(StageError, match="evil2.pt: refused"):
         load_checkpoint(tmp_path / "evil2.pt")
     assert not marker.exists()
+
+
+def test_an_older_format_is_refused_in_one_line(tmp_path):
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    torch.save({"model": {}, "settings": {"hidden": 4}}, old)  # no "format": format 1
+    torch.save({"model": {}, "settings": {"format": 2}}, new)
+    with pytest.raises(StageError) as err:
+        load_checkpoint(old, format=("parts classifier", 2))
+    assert "format 1" in str(err.value) and "--force" in str(err.value) and "\n" not in str(err.value)
+    assert load_checkpoint(new, format=("parts classifier", 2))["settings"]["format"] == 2

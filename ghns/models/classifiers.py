@@ -20,6 +20,16 @@ from torch.nn import functional as F
 from ghns.models.backbones import Backbone
 
 
+@torch.no_grad()
+def load_probe_head(model: nn.Module, probe) -> None:
+    """Copy a ``ghns.probe.Probe`` into ``model``'s ``mean`` / ``std`` buffers and its linear
+    ``classify`` layer (LP-FT: the untrained classifier is then that probe)."""
+    model.mean.copy_(probe.mean)
+    model.std.copy_(probe.std)
+    model.classify.weight.copy_(probe.weight)
+    model.classify.bias.copy_(probe.bias)
+
+
 class ImageClassifier(nn.Module):
     """Backbone -> global average pooling -> standardisation -> linear classifier.
 
@@ -59,13 +69,9 @@ class ImageClassifier(nn.Module):
         z = (pooled - self.mean) / self.std
         return F.normalize(z, dim=1), self.classify(z)
 
-    @torch.no_grad()
     def start_from(self, probe) -> None:
         """Load a ``ghns.probe.Probe`` of this classifier's pooled features."""
-        self.mean.copy_(probe.mean)
-        self.std.copy_(probe.std)
-        self.classify.weight.copy_(probe.weight)
-        self.classify.bias.copy_(probe.bias)
+        load_probe_head(self, probe)
 
     def forward(self, x: torch.Tensor, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.pooled(x, cached))
@@ -96,13 +102,9 @@ class PartsClassifier(nn.Module):
         nn.init.zeros_(self.project[2].bias)
         self.classify = nn.Linear(dim, num_classes)
 
-    @torch.no_grad()
     def start_from(self, probe) -> None:
         """Load a ``ghns.probe.Probe`` of the concatenated part embeddings."""
-        self.mean.copy_(probe.mean)
-        self.std.copy_(probe.std)
-        self.classify.weight.copy_(probe.weight)
-        self.classify.bias.copy_(probe.bias)
+        load_probe_head(self, probe)
 
     def forward(self, sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``sets``: (B, P * D) concatenated part embeddings -> (unit embedding, logits)."""

@@ -132,14 +132,9 @@ def parts_probe(data: PartsData, num_classes: int):
 def load_parts_classifier(path: Path) -> PartsClassifier:
     """A saved parts classifier (``<run>/stage3/parts*.pt``), ready for inference."""
     from ghns.checkpoint import load_checkpoint
-    from ghns.errors import StageError
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, format=("parts classifier", FORMAT))
     s = state["settings"]
-    if s.get("format") != FORMAT:
-        raise StageError(f"{path} was made by an older ghns (parts classifier format "
-                         f"{s.get('format', 1)}, this one reads {FORMAT}): rerun "
-                         "'ghns train-final --force'")
     model = PartsClassifier(s["n_parts"], s["part_dim"], s["num_classes"], s["hidden"])
     model.load_state_dict(state["model"])
     return model.eval()

@@ -49,14 +49,8 @@ def build_image_classifier(settings: dict[str, Any], pretrained: str | None = No
 
 def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
     """A saved original / object classifier (``<run>/stage3/*.pt``) and its settings."""
-    from ghns.errors import StageError
-
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, format=("image classifier", IMAGE_FORMAT))
     settings = state["settings"]
-    if settings.get("format") != IMAGE_FORMAT:
-        raise StageError(f"{path} was made by an older ghns (image classifier format "
-                         f"{settings.get('format', 1)}, this one reads {IMAGE_FORMAT}): rerun "
-                         "'ghns train-final --force'")
     model = build_image_classifier(settings, pretrained="none")
     model.load_state_dict(state["model"])
     return model.eval(), settings
