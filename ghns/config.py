@@ -212,11 +212,18 @@ class Config:
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
                                  "one included); 1 disables the control.", low=1, section="stage3")
     # -- evaluate ----------------------------------------------------------------------------
-    fusion_step: float = _opt(0.05, "Grid step of the fusion weights (a, b, c).", low=0.0,
+    fusion_rule: str = _opt("loglinear", "How classifier scores are fused, chosen on val: "
+                                         "'loglinear' (product of the softmax scores, one "
+                                         "temperature per classifier fitted on val log-loss) or "
+                                         "'grid' (paper Eq. 11: weights a, b, c on a grid, best "
+                                         "val top-1).", choices=("loglinear", "grid"),
+                            section="evaluate")
+    fusion_step: float = _opt(0.05, "Grid step of the fusion weights (a, b, c) of --fusion-rule grid.", low=0.0,
                               low_open=True, high=0.5, section="evaluate")
     fusion_weights: str | None = _opt(None, "Fixed fusion weights 'a,b,c' (original, object, parts; "
-                                            "sum 1), e.g. from 'ghns sweep --space fusion'; default: "
-                                            "searched on val.", section="evaluate")
+                                            "sum 1), e.g. from 'ghns sweep --space fusion': fuses "
+                                            "by Eq. 11 at them, whatever --fusion-rule says; "
+                                            "default: chosen on val.", section="evaluate")
     # -- run -------------------------------------------------------------------------------
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",

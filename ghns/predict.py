@@ -17,6 +17,7 @@ from ghns.data.catalog import Catalog
 from ghns.data.images import BadImage, load_rgb
 from ghns.data.tensors import crop_resize, to_float
 from ghns.errors import StageError
+from ghns.fusion import Fusion
 from ghns.localize.boxes import box_around, box_from_map, mass_centre, scale_box
 from ghns.rundir import RunDir
 
@@ -42,7 +43,9 @@ class Predictor:
             raise StageError("this run used oracle boxes, which new images do not have; predict needs "
                              "a run with --object-method parts|cam and --part-method learned")
         self.classes = Catalog.read(run.catalog).classes
-        self.weights = json.loads(run.report_json.read_text())["fusion_weights"]
+        report = json.loads(run.report_json.read_text())
+        # runs evaluated before the log-linear rule carry only Eq. 11 weights
+        self.fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
 
         def load(path, build):
             state = load_checkpoint(path)
@@ -101,7 +104,6 @@ class Predictor:
         crops = torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
         emb, _, _ = self.parts(to_float(crops)[None])
         p_parts = self.parts_classifier(emb.reshape(1, -1))[1].softmax(1)[0].numpy()
-        a, b, c = self.weights
-        fused = a * p_orig + b * p_obj + c * p_parts
+        fused = self.fusion([p_orig[None], p_obj[None], p_parts[None]])[0]
         order = np.argsort(-fused, kind="stable")[:top]
         return Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])

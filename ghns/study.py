@@ -3,8 +3,8 @@
 For one finished run, the study trains the stage-3 parts classifier in two arms, **with** the n+
 term of the quadruplet loss (Eq. 9-10, the generator's bank) and **without** it (the triplet
 (r, p, n) with margin m1), for each of ``--seeds`` seeds, on the run's stage-1 embeddings (seconds
-per classifier). Each classifier is fused with the run's original and object classifiers at
-weights chosen on val (Eq. 11, the same grid as ``ghns evaluate``), and both arms are scored on
+per classifier). Each classifier is fused with the run's original and object classifiers by the
+run's ``fusion_rule``, chosen on val as ``ghns evaluate`` does, and both arms are scored on
 the same test images, so every comparison is paired:
 
 * per arm, mean and standard deviation over seeds of parts and fused test top-1;
@@ -169,7 +169,7 @@ def run_study(cfg, seeds: int, tau_grid: list[float] | None = None,
     scores = {j.name: dict(np.load(jobs_dir / f"{j.name}.npz")) for j in jobs}
     run_scores = {s: dict(np.load(run.scores / f"{s}.npz")) for s in ("val", "test")}
     result = summarize_study(scores, run_scores, seed_list, banks, main_bank, catalog.classes,
-                             cfg.fusion_step)
+                             cfg.fusion_rule, cfg.fusion_step)
     result["settings"] = {"run_dir": str(run.path), "parts": parts, "banks": {
         b.key: {"tau": b.tau, "per_class": b.per_class, "folder": str(folders[b.key])} for b in banks},
         "jobs": str(jobs_dir), "seconds_training": round(time.perf_counter() - start, 1)}
@@ -250,26 +250,26 @@ def _aligned(job: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
 
 
 def arm_predictions(job: dict[str, np.ndarray], run_scores: dict[str, dict[str, np.ndarray]],
-                    step: float) -> dict[str, Any]:
+                    rule: str = "loglinear", step: float = 0.05) -> dict[str, Any]:
     """One classifier's test predictions alone and fused with the run's original and object
-    classifiers at weights chosen on val."""
-    from ghns.fusion import fuse, search_weights
+    classifiers by ``rule``, chosen on val (as the evaluate stage does)."""
+    from ghns.fusion import choose_fusion
 
     val, test = run_scores["val"], run_scores["test"]
     parts_val, parts_test = _aligned(job, val["image_id"]), _aligned(job, test["image_id"])
-    weights, _ = search_weights([val["original"], val["object"], parts_val], val["label"], step)
-    fused = fuse([test["original"], test["object"], parts_test], weights)
-    return {"parts": parts_test.argmax(1), "fused": fused.argmax(1), "weights": list(weights)}
+    fusion = choose_fusion([val["original"], val["object"], parts_val], val["label"], rule, step)
+    fused = fusion([test["original"], test["object"], parts_test])
+    return {"parts": parts_test.argmax(1), "fused": fused.argmax(1), "fusion": fusion.describe()}
 
 
 def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[str, dict[str, np.ndarray]],
                     seeds: list[int], banks: list[BankSpec], main: BankSpec, class_names: list[str],
-                    step: float = 0.05, n_boot: int = 10_000) -> dict[str, Any]:
+                    rule: str = "loglinear", step: float = 0.05, n_boot: int = 10_000) -> dict[str, Any]:
     """study.json from the jobs' scores and the run's val/test scores (see the module doc)."""
     from ghns.stats import mcnemar, mean_std, paired_bootstrap
 
     labels = run_scores["test"]["label"]
-    preds = {name: arm_predictions(job, run_scores, step) for name, job in scores.items()}
+    preds = {name: arm_predictions(job, run_scores, rule, step) for name, job in scores.items()}
 
     def correct(arm: str, which: str) -> np.ndarray:  # (S, N)
         return np.stack([preds[arm.format(seed=s)][which] == labels for s in seeds])
@@ -298,9 +298,9 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
             result["paired"] = {w: entry[w]["paired"] for w in ("parts", "fused")}
     result["summary"] = {arm: {w: mean_std(v) for w, v in vals.items()} for arm, vals in result["arms"].items()}
     result["grid"] = grid
-    result["fusion_weights"] = {arm: [preds[(without if arm == "without" else f"with-{main.key}-s{{seed}}")
-                                            .format(seed=s)]["weights"] for s in seeds]
-                                for arm in ("with", "without")}
+    result["fusion"] = {arm: [preds[(without if arm == "without" else f"with-{main.key}-s{{seed}}")
+                                    .format(seed=s)]["fusion"] for s in seeds]
+                        for arm in ("with", "without")}
     result["confused_pairs"] = confused_pair_errors(
         {arm: [preds[name.format(seed=s)]["fused"] for s in seeds]
          for arm, name in (("with", f"with-{main.key}-s{{seed}}"), ("without", without))},
@@ -334,7 +334,7 @@ def render_study(result: dict[str, Any]) -> str:
     seeds = result["seeds"]
     lines = [f"# ghns study: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), "
              f"{result['test_images']} test images", "",
-             "Test top-1 (%), mean +- std over seeds; fusion weights chosen on val per classifier. "
+             "Test top-1 (%), mean +- std over seeds; the fusion chosen on val per classifier. "
              "Paired difference: with minus without hard negatives, 95% interval from a two-way "
              "bootstrap over seeds and test images; McNemar: exact, pooled predictions.", "",
              "| classifier | with hard negatives | without | paired difference [95% CI] | McNemar p |",

@@ -1,5 +1,5 @@
-"""The evaluate stage: per-classifier scores on val and test (cached in ``scores/``), fusion
-weights chosen on val, and the report (``report.json``, ``report.md``, ``figures/``)."""
+"""The evaluate stage: per-classifier scores on val and test (cached in ``scores/``), the fusion
+chosen on val (``ghns.fusion``), and the report (``report.json``, ``report.md``, ``figures/``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
-from ghns.fusion import confused_pairs, fuse, search_weights, topk_accuracy
+from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
 from ghns.rundir import RunDir, fingerprint
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,12 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
 
     def fused(names: tuple[str, ...], fixed: tuple[float, ...] | None = None) -> dict[str, Any]:
         if fixed is None:
-            weights, val_acc = search_weights([val[n] for n in names], val["label"], step)
-        else:  # given in the config (e.g. by a fusion sweep): only reported, not searched
-            weights = tuple(fixed)
-            val_acc = topk_accuracy(fuse([val[n] for n in names], weights), val["label"])
-        f = fuse([test[n] for n in names], weights)
-        return {"weights": list(weights), "val_top1": round(val_acc, 2),
+            fusion = choose_fusion([val[n] for n in names], val["label"], cfg.fusion_rule, step)
+        else:  # given in the config (e.g. by a fusion sweep): Eq. 11 at them, only reported
+            fusion = Fusion("grid", tuple(fixed))
+        val_acc = topk_accuracy(fusion([val[n] for n in names]), val["label"])
+        f = fusion([test[n] for n in names])
+        return {**fusion.describe(), "val_top1": round(val_acc, 2),
                 **{f"top{k}": round(topk_accuracy(f, test["label"], k), 2) for k in (1, 3, 5)}}
 
     main = ("original", "object", "parts")
@@ -136,8 +136,11 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
                      "parts": rows["parts"]["top1"], "fused": full["top1"],
                      "fused_without_negatives": fused(("original", "object", "parts_noneg"))["top1"]},
         "top3": {"fused": full["top3"]}, "top5": {"fused": full["top5"]},
-        "fusion_weights": full["weights"],
-        "fusion_weights_from": "config" if cfg.fusion_weights else f"val grid, step {step}",
+        # the contract's three numbers (sum 1) for either rule; "fusion" says which rule they weigh
+        "fusion_weights": list(Fusion.from_dict(full).weights),
+        "fusion": {k: full[k] for k in ("rule", "weights", "temperatures") if k in full},
+        "fusion_from": "config" if cfg.fusion_weights else (
+            f"val grid, step {step}" if cfg.fusion_rule == "grid" else "val log-loss, per classifier"),
         # how optimistic the val accuracy at the chosen weights is (positive: val above test)
         "fusion_val_test_gap": round(full["val_top1"] - full["top1"], 2),
         "table6": table6,
@@ -149,7 +152,7 @@ def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str,
         report["seed_ensemble"] = {"members": len(members), **fused(members),
                                    "member_top1": [single(n)["top1"] for n in members]}
         report["accuracy"]["seed_ensemble"] = report["seed_ensemble"]["top1"]
-    report["confused_pairs"] = confused_pairs(fuse([test[n] for n in main], full["weights"]),
+    report["confused_pairs"] = confused_pairs(Fusion.from_dict(full)([test[n] for n in main]),
                                               test["label"], catalog.classes)
     report["seconds"] = stage_seconds(run)
     if run.generate_json.is_file():
@@ -171,10 +174,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# GHNS report: {report['dataset']}, {report['backbone']}", "",
              f"Test top-1 (%) on {report['test_images']} images; every choice made on "
              f"{report['val_images']} validation images.", "",
-             "| classifier | test top-1 | test top-3 | test top-5 | val top-1 | fusion weights |",
+             "| classifier | test top-1 | test top-3 | test top-5 | val top-1 | fusion |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, row in report["table6"].items():
-        w = ", ".join(f"{x:g}" for x in row.get("weights", [])) or "-"
+        w = ", ".join(f"{x:g}" for x in row.get("weights", [])) or (
+            "T = " + ", ".join(f"{x:.3g}" for x in row["temperatures"]) if "temperatures" in row else "-")
         lines.append(f"| {name} | {row['top1']} | {row['top3']} | {row['top5']} | {row['val_top1']} | {w} |")
     lines += ["", f"- fused without hard negatives (parts classifier without the n+ term): "
                   f"**{acc['fused_without_negatives']}**"]
@@ -182,9 +186,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         se = report["seed_ensemble"]
         lines.append(f"- seed-ensemble control ({se['members']} original-image classifiers, fused the "
                      f"same way): **{se['top1']}** (members {se['member_top1']})")
-    lines += [f"- fusion weights (original, object, parts): {report['fusion_weights']} "
-              f"({report.get('fusion_weights_from', 'val grid')}); fused val top-1 minus test "
-              f"top-1 at them: {report.get('fusion_val_test_gap')}", ""]
+    fusion = report["fusion"]
+    chosen = (f"weights {fusion['weights']}" if "weights" in fusion
+              else f"temperatures {fusion['temperatures']}")
+    lines += [f"- fusion ({fusion['rule']}) of original, object, parts: {chosen} "
+              f"({report['fusion_from']}); fused val top-1 minus test top-1 at them: "
+              f"{report.get('fusion_val_test_gap')}", ""]
     if report.get("confused_pairs"):
         lines += ["Most confused class pairs (fused, test):", ""]
         lines += [f"- {p['classes'][0]} / {p['classes'][1]}: {p['errors']}" for p in report["confused_pairs"]]

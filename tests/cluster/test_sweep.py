@@ -60,8 +60,9 @@ def test_fusion_sweep_best_config_round_trips_into_pipeline(cli, run_copy):
     assert code == 0, err
     assert "stage3: done already" in err or "train-final: done already" in err  # nothing retrained
     report = json.loads((run_copy / "report.json").read_text())
-    assert ",".join(f"{w:g}" for w in report["fusion_weights"]) == best["fusion_weights"]
-    assert report["fusion_weights_from"] == "config"
+    assert report["fusion"]["rule"] == "grid"  # fixed weights fuse by Eq. 11
+    assert ",".join(f"{w:g}" for w in report["fusion"]["weights"]) == best["fusion_weights"]
+    assert report["fusion_from"] == "config"
     assert report["table6"]["original + object + parts"]["val_top1"] == pytest.approx(float(best["val_fused"]))
 
 

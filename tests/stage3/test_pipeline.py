@@ -17,10 +17,13 @@ def finished(tiny_run):
 
 def test_report_has_the_contract_keys(finished):
     report = json.loads((finished / "report.json").read_text())
-    assert {"dataset", "backbone", "accuracy", "fusion_weights", "seconds"} <= set(report)
+    assert {"dataset", "backbone", "accuracy", "fusion_weights", "fusion", "fusion_from",
+            "seconds"} <= set(report)
     assert {"original", "object", "parts", "fused", "fused_without_negatives",
             "seed_ensemble"} <= set(report["accuracy"])
-    assert len(report["fusion_weights"]) == 3 and abs(sum(report["fusion_weights"]) - 1) < 1e-9
+    assert len(report["fusion_weights"]) == 3 and abs(sum(report["fusion_weights"]) - 1) < 1e-3
+    assert report["fusion"]["rule"] == "loglinear"  # the default
+    assert len(report["fusion"]["temperatures"]) == 3 and min(report["fusion"]["temperatures"]) > 0
     assert list(report["seconds"]) == ["catalog", "localize", "stage1", "generate", "stage3", "evaluate"]
     assert set(report["table6"]) >= {"original + parts", "original + object + parts"}
     assert (finished / "report.md").read_text().startswith("# GHNS report: synthetic")
