@@ -8,6 +8,7 @@ missing path, malformed file) prints ``error: <one line>`` and exits with code 2
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
 import logging
@@ -137,16 +138,27 @@ def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
     from ghns.rundir import RunDir
 
     last = list(STAGE_FUNCS)[-1]
-    if force:
-        for name in STAGE_FUNCS:
-            run_until(cfg, name, force=True)
-    else:
-        run_until(cfg, last)
     run = RunDir(cfg.run_dir)
+    with run.locked():  # held across the stages (run_until takes it again, re-entrantly)
+        if force:
+            for name in STAGE_FUNCS:
+                run_until(cfg, name, force=True)
+        else:
+            run_until(cfg, last)
     print_localization(run)
     print_stage1(run)
     print_generate(run)
     print_report(run)
+
+
+@app.command("config")
+@with_config(*ALL_SECTIONS)
+def show_config(cfg: Config) -> None:
+    """Print the configuration a command would run with (defaults < the run directory's
+    config.yaml < --config < flags), as YAML that --config reads back. Runs nothing."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
 
 @app.command("train-final")
@@ -386,6 +398,18 @@ def show_negatives(cfg: Config, rows: int = typer.Option(8, "--rows", help="Hard
 
 # -- entry point -----------------------------------------------------------------------------
 
+# Errors of the machine, not of ghns: a full disk, a read-only or foreign directory.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_line(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = {errno.ENOSPC: "free some space or use another --run-dir",
+            errno.EDQUOT: "free some space or use another --run-dir"}.get(
+        exc.errno, "check the permissions of the run directory and the dataset, or use another --run-dir")
+    return f"{where}{exc.strerror or exc} ({hint})"
+
+
 def _stop(message: str, code: int = 2) -> int:
     typer.echo(f"error: {message}", err=True)
     return code
@@ -404,6 +428,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except GHNSError as exc:
         sys.exit(_stop(str(exc)))
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug and keeps its traceback
+        sys.exit(_stop(os_error_line(exc)))
     except click_exceptions.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help() if exc.ctx else "")
         sys.exit(0)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ghns.errors import ConfigError
+from ghns.rundir import temporary_name
 
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder")
 BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lite0")  # the registry's
@@ -58,6 +59,11 @@ class Config:
     verify_images: str = _opt("full", "Check every image when cataloguing: 'full' decodes it "
                                       "(catches truncated files), 'header' reads only its header.",
                               choices=("full", "header"), section="data")
+    max_image_pixels: int = _opt(89_478_485, "Images with more pixels (width x height, read from "
+                                             "the header before decoding) are skipped when "
+                                             "cataloguing and refused by predict: a decompression "
+                                             "bomb costs no memory. Default: PIL's own threshold.",
+                                 low=1, section="data")
     synthetic_classes: int = _opt(20, "Synthetic dataset: number of classes.", low=2, high=64,
                                   section="data")
     synthetic_per_class: int = _opt(120, "Synthetic dataset: images per class.", low=4,
@@ -303,7 +309,7 @@ class Config:
         """Write the resolved config atomically (write to a temp file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temporary_name(path)
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         tmp.replace(path)
 
@@ -317,7 +323,9 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

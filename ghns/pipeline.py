@@ -79,16 +79,18 @@ def run_until(cfg, stage: str, force: bool = False) -> Any:
     from ghns.rundir import fingerprint
 
     run = RunDir(cfg.run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
     chain = list(STAGE_FUNCS)[: list(STAGE_FUNCS).index(stage) + 1]
-    done = run.stages()
-    for name in chain:  # refuse changed settings before anything runs or is saved
-        if name in done and not (force and name == stage):
-            run.is_done(name, fingerprint(cfg, name))
-    cfg.to_yaml(run.config)
-    result = None
-    for name in chain:
-        result = STAGE_FUNCS[name](cfg, force and name == stage)
-        for hook in AFTER_STAGE:
-            hook(cfg, name)
+    with run.locked():  # one process per run directory; a second one stops here with one line
+        done = run.stages()
+        for name in chain:  # refuse changed settings before anything runs or is saved
+            forced = force and name == stage
+            if name in done and not forced:
+                run.is_done(name, fingerprint(cfg, name))
+            run.check_partial(name, fingerprint(cfg, name), forced)
+        cfg.to_yaml(run.config)
+        result = None
+        for name in chain:
+            result = STAGE_FUNCS[name](cfg, force and name == stage)
+            for hook in AFTER_STAGE:
+                hook(cfg, name)
     return result

@@ -89,7 +89,7 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, path: str, top: int = 5) -> Prediction:
         try:
-            img = load_rgb(path)
+            img = load_rgb(path, self.cfg.max_image_pixels)
         except BadImage as exc:
             return Prediction(path, error=str(exc))
         obj, parts = self.boxes(img)

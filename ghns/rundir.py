@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import sys
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ghns.errors import StageError
+from ghns.errors import GHNSError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +35,75 @@ STAGE_SECTIONS = {
 }
 
 
+# The key of stages.json recording the settings of stages under way (begun, not finished), for
+# the stages whose interrupted work a rerun resumes (Ray Train checkpoints, finished models and
+# bank shards); the others redo everything when rerun.
+PARTIAL = "_partial"
+RESUMABLE = ("localize", "stage1", "generate", "stage3")
+
 # Stages that only read what earlier stages made and take seconds: changed settings re-run them
 # instead of being refused (e.g. fixed fusion weights from a sweep).
 REDO_ON_CHANGE = ("evaluate",)
 
 
+class RunLocked(GHNSError):
+    """Another process holds the run directory's lock."""
+
+
+# Locks this process holds: resolved run path -> [open lock file, depth] (re-entrant).
+_HELD: dict[str, list] = {}
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+
+    # -- one writer at a time ---------------------------------------------------------------
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's exclusive lock (``fcntl.flock`` on ``.lock``) for the block.
+
+        A second process gets ``RunLocked`` at once, naming the holder (pid, host, command, since
+        when). The kernel drops the lock when its holder exits, however it exits, so a killed run
+        never leaves a stale lock. Re-entrant within a process. On a shared mount (NFS, EFS) it
+        holds across nodes as far as the mount supports ``flock``.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        handle = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLocked(f"{self.path} is in use by {holder}; wait for it to finish or use "
+                            f"another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} "
+                     f"({' '.join(['ghns', *sys.argv[1:3]]) if sys.argv else 'python'}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        _HELD[key] = [handle, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            handle.close()  # releases the lock; the holder line stays as a record
 
     # -- well-known paths -------------------------------------------------------------------
     @property
@@ -117,7 +182,7 @@ class RunDir:
 
     def _write_stages(self, stages: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.stages_file.with_name(self.stages_file.name + ".tmp")
+        tmp = temporary_name(self.stages_file)
         tmp.write_text(json.dumps(stages, indent=2, sort_keys=True))
         tmp.replace(self.stages_file)
 
@@ -138,10 +203,31 @@ class RunDir:
                              f"({changes}); pass --force to redo it or use another --run-dir")
         return True
 
+    def check_partial(self, stage: str, fingerprint: dict[str, Any], force: bool = False) -> None:
+        """Refuse to continue ``stage``'s interrupted work under other settings than it began with
+        (it would resume their checkpoints and record the new settings); ``force`` starts over."""
+        began = self.stages().get(PARTIAL, {}).get(stage)
+        if began is None or force or stage not in RESUMABLE:
+            return
+        keys = changed_keys(began, fingerprint)
+        if keys:
+            changes = ", ".join(f"{k}: {recorded_value(began, k)!r} -> {fingerprint.get(k)!r}"
+                                for k in keys[:4])
+            raise StageError(f"{self.path} holds interrupted work of stage '{stage}' begun with "
+                             f"other settings ({changes}); rerun with those settings to resume it, "
+                             f"or pass --force to start it over")
+
     @contextmanager
-    def stage(self, name: str, fingerprint: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Run a stage: on success record it with its fingerprint and wall time; later stages
-        that were done become stale (removed from the record) since their inputs changed."""
+    def stage(self, name: str, fingerprint: dict[str, Any], force: bool = False) -> Iterator[dict[str, Any]]:
+        """Run a stage: its settings are recorded as partial work before it starts (see
+        ``check_partial``); on success it is recorded with its fingerprint and wall time, and
+        later stages that were done become stale (removed from the record) since their inputs
+        changed."""
+        if name in RESUMABLE:
+            self.check_partial(name, fingerprint, force)
+            stages = self.stages()
+            stages.setdefault(PARTIAL, {})[name] = fingerprint
+            self._write_stages(stages)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
@@ -150,16 +236,34 @@ class RunDir:
             stages.pop(later, None)
         stages[name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 3),
                         **extra}
+        stages.get(PARTIAL, {}).pop(name, None)
+        if not stages.get(PARTIAL, True):
+            stages.pop(PARTIAL)
         self._write_stages(stages)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of this process, then rename: a
-    reader sees the old file or the new one, never a torn one."""
-    import os
+def holds_run_lock(fn):
+    """Decorator: ``fn(cfg, ...)`` runs holding the lock of ``cfg.run_dir`` (``RunDir.locked``)."""
+    import functools
 
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        with RunDir(cfg.run_dir).locked():
+            return fn(cfg, *args, **kwargs)
+
+    return wrapper
+
+
+def temporary_name(path: Path) -> Path:
+    """A name beside ``path`` that no other process or thread uses (write there, then rename)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of its own, then rename: a reader
+    sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     tmp.write_text(text)
     tmp.replace(path)
 

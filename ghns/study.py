@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ghns.errors import ConfigError, StageError
-from ghns.rundir import RunDir, atomic_write_text
+from ghns.rundir import RunDir, atomic_write_text, holds_run_lock, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def study_loop(config: dict[str, Any]) -> None:
             bank = banks[key]
         model, best = fit_parts_classifier(data, bank, settings, config["num_classes"], job["seed"],
                                            job["bank"] is not None, probe=probe)
-        tmp = out.with_name(f"{out.stem}.tmp.npz")
+        tmp = temporary_name(out).with_suffix(".npz")  # savez appends .npz otherwise
         np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
                             val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank))
         tmp.replace(out)
@@ -130,6 +130,7 @@ def study_loop(config: dict[str, Any]) -> None:
 
 # -- the driver --------------------------------------------------------------------------------
 
+@holds_run_lock
 def run_study(cfg, seeds: int, tau_grid: list[float] | None = None,
               per_class_grid: list[int] | None = None, out: str | None = None,
               force: bool = False) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ghns.errors import StageError
-from ghns.rundir import RunDir
+from ghns.rundir import RunDir, atomic_write_text, holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class SweepResult:
     directory: Path
 
 
+@holds_run_lock
 def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent: int = 1,
               seed: int | None = None) -> SweepResult:
     """Run ``trials`` Tune trials of ``space`` over the run in ``cfg.run_dir``."""
@@ -240,14 +241,14 @@ def write_outputs(cfg, space: str, table: list[dict[str, Any]], best: dict[str, 
              "(validation, %)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |"
               for r in table]
-    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(sweep_dir / "results.md", "\n".join(lines) + "\n")
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("run_dir", "ray_address")}
     values.update(best_values(space, best))
     out = sweep_dir / "best.yaml"
     header = (f"# best of 'ghns sweep --space {space}' over {cfg.run_dir}: "
               f"{METRIC[space]} {best[METRIC[space]]} (validation)\n"
               "# use: ghns pipeline --config best.yaml --run-dir NEW_DIR\n")
-    out.write_text(header + yaml.safe_dump(values, sort_keys=False))
-    (sweep_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
+    atomic_write_text(out, header + yaml.safe_dump(values, sort_keys=False))
+    atomic_write_text(sweep_dir / "best.json", json.dumps(best, indent=2, default=str))
     return out
 

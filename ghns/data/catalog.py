@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ghns.errors import DataError
+from ghns.rundir import temporary_name
 
 SPLITS = ("train", "val", "test")
 
@@ -68,7 +69,7 @@ class Catalog:
         meta = {b"ghns": json.dumps({"dataset": self.dataset, "classes": self.classes,
                                      "info": self.info}).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temporary_name(path)
         pq.write_table(table, tmp)
         tmp.replace(path)
 

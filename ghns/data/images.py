@@ -1,7 +1,10 @@
 """Image loading that never stops a run for one bad file.
 
-``load_rgb`` turns greyscale, palette, CMYK and RGBA images into RGB (alpha composited on white)
-and raises ``BadImage`` naming the reason for a missing, zero-byte, unreadable or truncated file.
+``load_rgb`` decodes any image PIL reads into 8-bit RGB the way a viewer shows it: EXIF
+orientation applied, greyscale / palette / CMYK converted, transparency composited on white, and
+16-bit or 32-bit greyscale scaled down to 8 bits (not clipped). It raises ``BadImage`` naming the
+reason for a missing, zero-byte, unreadable, truncated or too-large file. The pixel limit is read
+from the header before anything is decoded, so a decompression bomb costs no memory.
 ``verify_images`` checks a whole catalog once, in threads, and returns the good rows plus a
 count of the skipped ones by reason; every skip is logged with its path.
 """
@@ -10,15 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
+
+# PIL's own decompression-bomb threshold (it warns above it and refuses above twice it).
+DEFAULT_MAX_PIXELS = 89_478_485
+# What a broken or hostile file can make PIL raise while opening or decoding it.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
+                  ZeroDivisionError, struct.error, Image.DecompressionBombError)
 
 
 class BadImage(Exception):
@@ -29,23 +41,58 @@ class BadImage(Exception):
         super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
 
 
-def _open(path: str | Path) -> Image.Image:
+def _open(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open (header only) and refuse what is missing, empty, unreadable or over ``max_pixels``."""
     p = Path(path)
     if not p.is_file():
         raise BadImage(p, "missing")
     if p.stat().st_size == 0:
         raise BadImage(p, "empty")
     try:
-        return Image.open(p)
-    except (UnidentifiedImageError, OSError) as exc:
+        with warnings.catch_warnings():  # our limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
+    except Image.DecompressionBombError as exc:
+        raise BadImage(p, "too-large", str(exc)) from None
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         raise BadImage(p, "unreadable", str(exc)) from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise BadImage(p, "corrupt", "zero-sized image")
+    if width * height > max_pixels:
+        img.close()
+        raise BadImage(p, "too-large", f"{width}x{height} pixels, over the limit of {max_pixels} "
+                                       f"(--max-image-pixels)")
+    return img
+
+
+def _decode(img: Image.Image, path: str | Path) -> Image.Image:
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except _DECODE_ERRORS as exc:
+        reason = "truncated" if "truncated" in str(exc) else "corrupt"
+        raise BadImage(path, reason, str(exc)) from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Greyscale of more than 8 bits (modes I;16*, I, F) scaled to 0..255 by its bit depth."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        top = 1.0 if a.size and float(np.nanmax(a)) <= 1.0 else 255.0
+    else:  # 16-bit PNG / TIFF come as I;16* or I holding 0..65535
+        top = 255.0 if a.size and int(a.max()) <= 255 and img.mode == "I" else 65535.0
+    return Image.fromarray(np.clip(np.nan_to_num(a.astype(np.float64)) * (255.0 / top) + 0.5,
+                                   0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB view of any PIL image; transparency is composited on white."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
@@ -53,27 +100,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully and return it as RGB, or raise ``BadImage``."""
-    img = _open(path)
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image fully and return it as upright 8-bit RGB, or raise ``BadImage``."""
+    img = _decode(_open(path, max_pixels), path)
     try:
-        img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(path, "truncated" if "truncated" in str(exc) else "corrupt", str(exc)) from None
-    return to_rgb(img)
+        return to_rgb(img)
+    except _DECODE_ERRORS as exc:
+        raise BadImage(path, "corrupt", str(exc)) from None
 
 
-def check_image(path: str | Path, level: str = "full") -> str:
+def check_image(path: str | Path, level: str = "full", max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Return the file's content hash if it is usable at ``level`` ('full' or 'header')."""
-    img = _open(path)
     if level == "full":
-        try:
-            img.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImage(path, "truncated" if "truncated" in str(exc) else "corrupt",
-                           str(exc)) from None
-    elif img.size[0] == 0 or img.size[1] == 0:
-        raise BadImage(path, "corrupt", "zero-sized image")
+        load_rgb(path, max_pixels)
+    else:
+        _open(path, max_pixels).close()
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
@@ -102,9 +143,10 @@ class VerifyReport:
         return "; ".join(parts)
 
 
-def verify_images(df: pd.DataFrame, level: str = "full", threads: int = 4,
-                  progress: bool = True) -> tuple[pd.DataFrame, VerifyReport]:
-    """Drop rows whose image is missing, empty, unreadable or (``level='full'``) truncated.
+def verify_images(df: pd.DataFrame, level: str = "full", threads: int = 4, progress: bool = True,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[pd.DataFrame, VerifyReport]:
+    """Drop rows whose image is missing, empty, unreadable, over ``max_pixels`` or
+    (``level='full'``) truncated or undecodable.
 
     Returns the kept rows (order preserved) and a report. Byte-identical files are found on the
     way (content hash) and reported, since a duplicate across train and test leaks labels.
@@ -116,7 +158,7 @@ def verify_images(df: pd.DataFrame, level: str = "full", threads: int = 4,
 
     def one(path: str):
         try:
-            return check_image(path, level), None
+            return check_image(path, level, max_pixels), None
         except BadImage as exc:
             return None, exc
 

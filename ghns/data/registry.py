@@ -54,7 +54,8 @@ def build_catalog(cfg, progress: bool = True):
     rows, classes, info = reader(root, cfg)
     if rows.empty:
         raise DataError(f"{cfg.dataset}: no images found under {root}")
-    rows, report = verify_images(rows, level=cfg.verify_images, progress=progress)
+    rows, report = verify_images(rows, level=cfg.verify_images, progress=progress,
+                                 max_pixels=cfg.max_image_pixels)
     if report.n_skipped:
         log.warning("%s: %s", cfg.dataset, report.summary())
     if report.duplicates_across_splits:
@@ -71,5 +72,5 @@ def build_catalog(cfg, progress: bool = True):
                  "skipped_paths": report.skipped_paths[:100],
                  "duplicate_groups": report.duplicate_groups[:100],
                  "duplicates_across_splits": report.duplicates_across_splits,
-                 "verify_images": cfg.verify_images})
+                 "verify_images": cfg.verify_images, "max_image_pixels": cfg.max_image_pixels})
     return make_catalog(cfg.dataset, rows, classes, info)

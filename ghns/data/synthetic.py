@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from ghns.data.catalog import stratified_holdout
 from ghns.data.registry import ReaderResult, register_reader
+from ghns.rundir import temporary_name
 
 VERSION = 1
 PART_NAMES = ("head", "body", "tail")
@@ -289,7 +290,7 @@ def render_dataset(folder: Path, spec: SyntheticSpec, progress: bool = True) -> 
                          unit="img", disable=not progress, leave=False))
     table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     table = table.replace_schema_metadata({b"ghns_synthetic": json.dumps(asdict(spec)).encode()})
-    tmp = ann_path.with_name(ann_path.name + ".tmp")
+    tmp = temporary_name(ann_path)
     pq.write_table(table, tmp)
     tmp.replace(ann_path)
     return ann_path

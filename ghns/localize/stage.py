@@ -23,7 +23,7 @@ from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
 from ghns.localize.train import frozen_blocks_for, localizer_loop
-from ghns.rundir import RunDir, fingerprint
+from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
 
 log = logging.getLogger(__name__)
 N_PARTS = 3
@@ -47,7 +47,7 @@ def run_localize(cfg, force: bool = False) -> dict[str, Any]:
         raise ConfigError(f"part_method 'oracle' needs part annotations; dataset {catalog.dataset!r} "
                           f"has none (CUB parts/part_locs.txt or the synthetic set)")
 
-    with run.stage("localize", fp) as record:
+    with run.stage("localize", fp, force) as record:
         out = table[["image_id", "split", "label"]].copy()
         history: list[dict] = []
         if cfg.object_method != "oracle" or cfg.part_method != "oracle":
@@ -57,7 +57,7 @@ def run_localize(cfg, force: bool = False) -> dict[str, Any]:
         figures = _measure(cfg, out, true_objects, true_parts, history)
         record["figures"] = {k: figures[k] for k in ("object_iou50", "part_center_hit") if k in figures}
         _write_parquet(out, run.localization)
-        run.localization_json.write_text(json.dumps(figures, indent=2))
+        atomic_write_text(run.localization_json, json.dumps(figures, indent=2))
     _log_summary(figures)
     return figures
 
@@ -172,7 +172,7 @@ def _round(x: float) -> float | None:
 
 
 def _write_parquet(out: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     out.to_parquet(tmp, index=False)
     tmp.replace(path)
 

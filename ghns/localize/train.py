@@ -106,10 +106,8 @@ def localizer_loop(config: dict[str, Any]) -> None:
             model.backbone.blocks[: model.frozen_blocks].eval()
         totals = torch.zeros(7)
         order = torch.randperm(len(train_y), generator=gen)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            if len(idx) < 2:
-                continue
+        batches = [b for b in (order[i:i + batch] for i in range(0, len(order), batch)) if len(b) >= 2]
+        for idx in batches[:ctx.common_steps(len(batches))]:
             out = net(inputs(train_x[idx], True), cached=cached)
             y = train_y[idx].to(ctx.device)
             parts = out["assign"][:, :-1]

@@ -16,7 +16,7 @@ from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.localize.train import frozen_blocks_for
-from ghns.rundir import RunDir, fingerprint
+from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
@@ -34,7 +34,7 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
         log.info("stage1: done already (%s)", run.stage1_json)
         return json.loads(run.stage1_json.read_text())
     catalog = Catalog.read(run.catalog)
-    with run.stage("stage1", fp) as record:
+    with run.stage("stage1", fp, force) as record:
         history = _train_parts(cfg, run, catalog, force)
         meta, emb = _embed(cfg, run, catalog)
         write_embeddings(run.embeddings, meta, emb)
@@ -53,7 +53,7 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
             "discriminator_train_accuracy": round(100 * last.get("adv_accuracy", float("nan")), 1),
         })
         record["figures"] = {"filternet_val_accuracy": figures["filternet"]["val_accuracy"]}
-        run.stage1_json.write_text(json.dumps(figures, indent=2))
+        atomic_write_text(run.stage1_json, json.dumps(figures, indent=2))
     log.info("stage1: FilterNet val accuracy %.2f%%, part networks %s",
              figures["filternet"]["val_accuracy"], figures["val_accuracy_parts"])
     return figures
@@ -111,7 +111,7 @@ def _filternet(cfg, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classe
     labels = meta["label"].to_numpy()
     net, figures = train_filternet(emb[train], labels[train], emb[val], labels[val], num_classes,
                                    hidden=cfg.filternet_hidden, seed=cfg.seed)
-    tmp = run.filternet.with_name(run.filternet.name + ".tmp")
+    tmp = temporary_name(run.filternet)
     torch.save({"model": net.state_dict(), "hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
                 "embedding_dim": emb.shape[2], "num_classes": num_classes}, tmp)
     tmp.replace(run.filternet)

@@ -121,7 +121,8 @@ def stage1_loop(config: dict[str, Any]) -> None:
             for part in model.parts:
                 part.backbone.blocks[: part.frozen_blocks].eval()
         sums = torch.zeros(6)
-        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
+        batches = list(pk_batches(train_y, config["batch_classes"], config["batch_images"], gen))
+        for idx in batches[:ctx.common_steps(len(batches))]:
             y = train_y[idx].to(ctx.device)
             sets, shuffled = shuffled_sets(len(idx), gen)
             with autocast:  # the discriminator runs inside forward, so DDP syncs its gradients too

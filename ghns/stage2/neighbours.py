@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ghns.errors import GHNSError
+from ghns.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class PartNeighbours:
             path = folder / f"index_part{part + 1}.faiss"
             faiss.write_index(faiss.index_gpu_to_cpu(index) if self.gpu else index, str(path))
             size += path.stat().st_size
-        (folder / "index.json").write_text(json.dumps({"kind": self.kind, "nprobe": self.nprobe}))
+        atomic_write_text(folder / "index.json", json.dumps({"kind": self.kind, "nprobe": self.nprobe}))
         return size
 
     @classmethod

@@ -48,7 +48,7 @@ def run_generate(cfg, force: bool = False) -> dict[str, Any]:
     catalog = Catalog.read(run.catalog)
     settings = generator_settings(cfg)
     prepare_bank(run, run.negatives, settings, force)
-    with run.stage("generate", fp) as record:
+    with run.stage("generate", fp, force) as record:
         start = time.perf_counter()
         stats, temperature, lookup = write_bank(cfg, run, run.negatives, settings)
         figures = summarize(stats, catalog.classes, cfg.per_class)

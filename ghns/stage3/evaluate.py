@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
-from ghns.rundir import RunDir, fingerprint
+from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
 
 log = logging.getLogger(__name__)
 IMAGE_MODELS = ("original", "object")
@@ -49,11 +50,15 @@ class ScoreActor:
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = batch[["_order", "image_id"]].copy()
+        out["_failed"] = ""
         for (crop, size, _, _), members in self.groups.items():
             boxes = None
             if crop == "object":
                 boxes = [tuple(r) for r in batch[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
-            images = to_float(load_resized(batch["path"].tolist(), size, boxes).images).to(self.device)
+            loaded = load_resized(batch["path"].tolist(), size, boxes)
+            for i in loaded.failed:  # never score a blank in its place: the driver stops on it
+                out.iloc[i, out.columns.get_loc("_failed")] = batch["path"].iloc[i]
+            images = to_float(loaded.images).to(self.device)
             images = images.contiguous(memory_format=self.layout)
             trunk, flipped = members[0][1].trunk(images), members[0][1].trunk(images.flip(-1))
             for name, model in members:
@@ -70,6 +75,16 @@ def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(embeddings.reshape(len(embeddings), -1)))[1].softmax(1).numpy()
 
 
+def _why(path: str) -> str:
+    from ghns.data.images import BadImage, load_rgb
+
+    try:
+        load_rgb(path)
+    except BadImage as exc:
+        return str(exc)
+    return f"{path} (unreadable while scoring)"
+
+
 def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np.ndarray]]:
     """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached."""
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
@@ -84,6 +99,11 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np
     scored = map_batches_pandas(rows, ScoreActor, {"models": image_models, "device": resolve_device(cfg),
                                                    "threads": torch_threads_for(cfg.actors)},
                                 cfg, actors=cfg.actors, batch_size=cfg.batch_size)
+    failed = sorted(set(p for p in scored["_failed"] if p))
+    if failed:
+        raise StageError(f"{len(failed)} image(s) changed or vanished since the catalog was made, "
+                         f"e.g. {_why(failed[0])}; restore them or rebuild the run "
+                         f"('ghns pipeline --force' in a new --run-dir)")
     meta, emb = read_embeddings(run.embeddings)
     index = {int(i): k for k, i in enumerate(meta["image_id"])}
     out = {}
@@ -98,7 +118,9 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np
         for n in names:
             if n.startswith("parts"):
                 data[n] = parts_scores(run.stage3 / f"{n}.pt", part_emb)
-        np.savez_compressed(run.scores / f"{split}.npz", **data)
+        tmp = temporary_name(run.scores / f"{split}.npz").with_suffix(".npz")
+        np.savez_compressed(tmp, **data)
+        tmp.replace(run.scores / f"{split}.npz")
         out[split] = data
     return out
 
@@ -226,11 +248,12 @@ def run_evaluate(cfg, force: bool = False) -> dict[str, Any]:
         log.info("evaluate: done already (%s)", run.report_json)
         return json.loads(run.report_json.read_text())
     catalog = Catalog.read(run.catalog)
-    with run.stage("evaluate", fp):
+    start = time.perf_counter()
+    with run.stage("evaluate", fp):  # committed only once every file below is in place
         scores = compute_scores(cfg, run, catalog)
         report = build_report(cfg, run, catalog, scores)
-    report["seconds"] = stage_seconds(run)
-    run.report_json.write_text(json.dumps(report, indent=2))
-    run.report_md.write_text(render_markdown(report))
-    confusion_figure(report, run.figures / "confused_pairs.png")
+        report["seconds"]["evaluate"] = round(time.perf_counter() - start, 3)
+        confusion_figure(report, run.figures / "confused_pairs.png")
+        atomic_write_text(run.report_md, render_markdown(report))
+        atomic_write_text(run.report_json, json.dumps(report, indent=2))
     return report

@@ -145,6 +145,7 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
                          device: torch.device = torch.device("cpu"), rank: int = 0,
                          wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
                          all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                         common_steps: Callable[[int], int] = lambda n: n,
                          restore: Callable[..., int] | None = None,
                          on_epoch: Callable[..., None] | None = None, probe=None):
     """Train one parts classifier; returns ``(model with its best-val-epoch weights, KeepBest)``.
@@ -196,7 +197,8 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
         t0 = time.perf_counter()
         net.train()
         sums = torch.zeros(4)
-        for idx in pk_batches(train_y, settings.batch_classes, settings.batch_images, gen):
+        batches = list(pk_batches(train_y, settings.batch_classes, settings.batch_images, gen))
+        for idx in batches[:common_steps(len(batches))]:
             y = train_y[idx].to(device)
             pos, rows = negatives_for(idx.numpy())
             x = data.train_x[idx]

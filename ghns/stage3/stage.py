@@ -19,7 +19,7 @@ from typing import Any
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.localize.train import frozen_blocks_for
-from ghns.rundir import RunDir, fingerprint
+from ghns.rundir import RunDir, atomic_write_text, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,19 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     if run.stage3_json.is_file() and run.is_done("stage3", fp, force):
         log.info("train-final: done already (%s)", run.stage3_json)
         return json.loads(run.stage3_json.read_text())
+    run.check_partial("stage3", fp, force)  # before anything is removed
     if force:
         shutil.rmtree(run.stage3, ignore_errors=True)
         for name in model_names(cfg):
             shutil.rmtree(run.path / "ray" / f"stage3_{name}", ignore_errors=True)
     catalog = Catalog.read(run.catalog)
     figures: dict[str, Any] = {"models": {}}
-    with run.stage("stage3", fp) as record:
+    with run.stage("stage3", fp, force) as record:
         for name in model_names(cfg):
             figures["models"][name] = _train(cfg, run, catalog, name)
         shutil.rmtree(run.stage3 / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
         record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
-        run.stage3_json.write_text(json.dumps(figures, indent=2))
+        atomic_write_text(run.stage3_json, json.dumps(figures, indent=2))
     return figures
 
 

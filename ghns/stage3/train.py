@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
 from ghns.stage1.train import make_optimizer
+from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
 
 
@@ -145,7 +145,8 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         if cached:
             model.backbone.blocks[: model.frozen_blocks].eval()
         sums = torch.zeros(4)
-        for idx in pk_batches(train_y, config["batch_classes"], config["batch_images"], gen):
+        batches = list(pk_batches(train_y, config["batch_classes"], config["batch_images"], gen))
+        for idx in batches[:ctx.common_steps(len(batches))]:
             y = train_y[idx].to(ctx.device)
             with autocast:
                 emb, logits = net(batch(idx), cached=cached)
@@ -209,7 +210,7 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
                          .contiguous().half().cpu() for i in range(0, len(images), 64)])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = temporary_name(path)
         torch.save(out, tmp)
         tmp.replace(path)
     return out
@@ -243,7 +244,7 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
     model, best = fit_parts_classifier(
         data, bank, settings, config["num_classes"], config["seed"], config["use_negatives"],
         device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
-        restore=lambda model, opt, sched, kept: _restore(ctx, model, opt, sched, kept),
+        common_steps=ctx.common_steps, restore=lambda model, opt, sched, kept: _restore(ctx, model, opt, sched, kept),
         on_epoch=on_epoch, probe=probe)
     if ctx.is_main:
         out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,

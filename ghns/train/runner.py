@@ -24,10 +24,13 @@ from typing import Any, Callable
 import torch
 
 from ghns.checkpoint import load_checkpoint
+from ghns.errors import GHNSError
+from ghns.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+USER_ERROR_FILE = "ghns_error.json"  # a worker's GHNSError, for the driver to raise as its own
 REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
 
 
@@ -49,9 +52,11 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
     storage = Path(cfg.run_dir).expanduser().resolve() / "ray"
     storage.mkdir(parents=True, exist_ok=True)
     cpus = 1.0 if device == "cuda" else max(1.0, float(os.cpu_count() or 1) // max(1, cfg.workers))
+    error_file = storage / name / USER_ERROR_FILE
+    error_file.unlink(missing_ok=True)
     trainer = TorchTrainer(
-        loop,
-        train_loop_config={**loop_config, "device": device},
+        _stops_on_user_errors(loop),
+        train_loop_config={**loop_config, "device": device, "_error_file": str(error_file)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=device == "cuda",
                                                resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend=torch_backend(device)),
@@ -64,12 +69,46 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
                 log_level=os.environ.get("GHNS_TRAIN_LOG_LEVEL", "WARNING")),
             callbacks=_tune_callbacks()),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        _raise_user_error(error_file)  # a GHNSError from a worker: its one line, not Ray's wrapping
+        raise
+    _raise_user_error(error_file)
     if result.error is not None:  # pragma: no cover - Train V2 raises before this
         raise result.error
     history_file = Path(loop_config.get("history_file") or storage / name / "history.json")
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     return FitResult(dict(result.metrics or {}), history)
+
+
+def _stops_on_user_errors(loop: Callable[[dict], None]) -> Callable[[dict], None]:
+    """``loop`` as a Ray Train function whose ``GHNSError`` (a user mistake: it would fail the
+    same way again) is written to ``config["_error_file"]`` for the driver, and whose restart after
+    one returns at once: the retries Ray Train spends on it redo no work."""
+
+    def run(config: dict) -> None:
+        marker = Path(config["_error_file"])
+        if marker.is_file():
+            return
+        try:
+            loop(config)
+        except GHNSError as exc:
+            atomic_write_text(marker, json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+            raise
+
+    return run
+
+
+def _raise_user_error(error_file: Path) -> None:
+    if not error_file.is_file():
+        return
+    from ghns import errors
+
+    found = json.loads(error_file.read_text())
+    kind = getattr(errors, found.get("type", ""), None)
+    kind = kind if isinstance(kind, type) and issubclass(kind, GHNSError) else GHNSError
+    raise kind(found["message"]) from None
 
 
 def _quiet_ray_train_worker() -> None:
@@ -137,9 +176,19 @@ class WorkerContext:
         return self.rank == 0
 
     def shard(self, n: int) -> slice:
-        """This worker's contiguous share of ``n`` items."""
-        per = (n + self.world - 1) // self.world
-        return slice(self.rank * per, min(n, (self.rank + 1) * per))
+        """This worker's share of ``n`` items, interleaved (``rank::world``): catalogs are ordered
+        by class, so a contiguous share would give each worker a block of classes."""
+        return slice(self.rank, n, self.world)
+
+    def common_steps(self, n: int) -> int:
+        """The number of training steps every worker takes this epoch: the fewest any worker has
+        (``n`` is this worker's). Shards differ by an item, and P-K batches by more, while every
+        DDP step is a collective: a worker with an extra step would wait forever."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            steps = torch.tensor([n], device=self.device)
+            torch.distributed.all_reduce(steps, op=torch.distributed.ReduceOp.MIN)
+            return int(steps.item())
+        return n
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to the device; DistributedDataParallel when there are several workers."""
@@ -205,7 +254,7 @@ class WorkerContext:
             history = json.loads(path.read_text()) if path.is_file() else []
             history = [h for h in history if h.get("epoch") != metrics.get("epoch")] + [metrics]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(history, indent=1))
+            atomic_write_text(path, json.dumps(history, indent=1))
         if not self.in_ray or not self._due(metrics):
             return
         import ray.train

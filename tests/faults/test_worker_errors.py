@@ -1,0 +1,41 @@
+"""A user error raised inside a Ray Train worker reaches the user as the same one line, with no
+training redone by Ray Train's retries (a real worker, a real exception)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ghns.config import Config
+from ghns.errors import StageError
+from ghns.train.runner import fit
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+def test_a_worker_ghns_error_is_one_line_and_not_retried(tmp_path, ray_session, cli):
+    attempts = tmp_path / "attempts.txt"
+
+    def loop(config: dict) -> None:
+        with open(config["attempts"], "a") as f:
+            f.write("started\n")
+        raise StageError("the widget file is malformed (line 3)")
+
+    cfg = Config(run_dir=str(tmp_path / "run"), workers=1, max_failures=2, device="cpu")
+    with pytest.raises(StageError) as exc:
+        fit(loop, {"attempts": str(attempts)}, cfg, name="failing")
+    assert str(exc.value) == "the widget file is malformed (line 3)"
+    assert attempts.read_text().count("started") == 1  # the retries started no new work
+
+
+def test_other_worker_errors_keep_their_traceback(tmp_path, ray_session):
+    def loop(config: dict) -> None:
+        raise ZeroDivisionError("a bug")
+
+    cfg = Config(run_dir=str(tmp_path / "run"), workers=1, max_failures=0, device="cpu")
+    with pytest.raises(Exception) as exc:
+        fit(loop, {}, cfg, name="buggy")
+    assert not isinstance(exc.value, StageError)
+    assert "ZeroDivisionError" in repr(exc.value) or "a bug" in str(exc.value)
+    assert not (Path(cfg.run_dir) / "ray" / "buggy" / "ghns_error.json").exists()

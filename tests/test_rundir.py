@@ -1,0 +1,51 @@
+"""Stage records: partial work remembers the settings it began with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ghns.errors import StageError
+from ghns.rundir import PARTIAL, RunDir
+
+
+class Interrupted(Exception):
+    pass
+
+
+def begin_and_stop(run: RunDir, stage: str, fp: dict) -> None:
+    with pytest.raises(Interrupted):
+        with run.stage(stage, fp):
+            raise Interrupted
+
+
+def test_interrupted_work_is_refused_under_other_settings(tmp_path):
+    run = RunDir(tmp_path / "run")
+    begin_and_stop(run, "stage3", {"stage3_lr": 0.01, "seed": 0})
+    assert run.stages()[PARTIAL]["stage3"] == {"stage3_lr": 0.01, "seed": 0}
+    assert "stage3" not in run.stages()
+    with pytest.raises(StageError, match=r"interrupted work of stage 'stage3' .*stage3_lr: 0.01 -> 0.05"):
+        with run.stage("stage3", {"stage3_lr": 0.05, "seed": 0}):
+            pass
+    with run.stage("stage3", {"stage3_lr": 0.01, "seed": 0}):  # the same settings resume it
+        pass
+    stages = json.loads(run.stages_file.read_text())
+    assert PARTIAL not in stages and stages["stage3"]["fingerprint"]["stage3_lr"] == 0.01
+
+
+def test_force_starts_interrupted_work_over(tmp_path):
+    run = RunDir(tmp_path / "run")
+    begin_and_stop(run, "localize", {"localize_epochs": 40})
+    run.check_partial("localize", {"localize_epochs": 5}, force=True)
+    with run.stage("localize", {"localize_epochs": 5}, force=True):
+        pass
+    assert run.stages()["localize"]["fingerprint"] == {"localize_epochs": 5}
+
+
+def test_stages_that_redo_everything_record_no_partial_work(tmp_path):
+    run = RunDir(tmp_path / "run")
+    begin_and_stop(run, "evaluate", {"fusion_rule": "grid"})
+    assert PARTIAL not in run.stages()
+    with run.stage("evaluate", {"fusion_rule": "loglinear"}):
+        pass
