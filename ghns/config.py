@@ -223,7 +223,7 @@ class Config:
                                          "temperature per classifier fitted on val log-loss) or "
                                          "'grid' (paper Eq. 11: weights a, b, c on a grid, best "
                                          "val top-1).", choices=("loglinear", "grid"),
-                            section="evaluate")
+                            section="evaluate", before="grid")
     fusion_step: float = _opt(0.05, "Grid step of the fusion weights (a, b, c) of --fusion-rule grid.", low=0.0,
                               low_open=True, high=0.5, section="evaluate")
     fusion_weights: str | None = _opt(None, "Fixed fusion weights 'a,b,c' (original, object, parts; "

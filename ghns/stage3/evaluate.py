@@ -85,13 +85,38 @@ def _why(path: str) -> str:
     return f"{path} (unreadable while scoring)"
 
 
-def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np.ndarray]]:
-    """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached."""
+def scores_stamp(run: RunDir, names: list[str]) -> dict[str, Any]:
+    """What the cached scores were computed from: the records of the stages that made the
+    catalog, the boxes, the embeddings and the classifiers (each rerun changes its record)."""
+    stages = run.stages()
+    return {"models": sorted(names), **{k: stages.get(k) for k in ("catalog", "localize", "stage1", "stage3")}}
+
+
+def cached_scores(run: RunDir, stamp: dict[str, Any]) -> dict[str, dict[str, np.ndarray]] | None:
+    """The scores of an earlier evaluate of the same classifiers (a fusion change costs seconds)."""
+    stamp_file = run.scores / "stamp.json"
+    files = [run.scores / f"{split}.npz" for split in ("val", "test")]
+    if not (stamp_file.is_file() and all(f.is_file() for f in files)):
+        return None
+    if json.loads(stamp_file.read_text()) != json.loads(json.dumps(stamp)):
+        return None
+    log.info("evaluate: scores of these classifiers are cached (%s)", run.scores)
+    return {split: dict(np.load(f)) for split, f in zip(("val", "test"), files)}
+
+
+def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached in
+    ``scores/`` with the stamp of what made them (``scores_stamp``); ``force`` recomputes them."""
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage1.table import read_embeddings
     from ghns.stage3.stage import model_names
 
     names = model_names(cfg)
+    stamp = scores_stamp(run, names)
+    cached = None if force else cached_scores(run, stamp)
+    if cached is not None:
+        return cached
+    (run.scores / "stamp.json").unlink(missing_ok=True)
     image_models = {n: str((run.stage3 / f"{n}.pt").resolve()) for n in names if not n.startswith("parts")}
     loc = pd.read_parquet(run.localization)
     rows = catalog.table[catalog.table["split"].isin(["val", "test"])][["image_id", "path", "split", "label"]]
@@ -122,6 +147,7 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog) -> dict[str, dict[str, np
         np.savez_compressed(tmp, **data)
         tmp.replace(run.scores / f"{split}.npz")
         out[split] = data
+    atomic_write_text(run.scores / "stamp.json", json.dumps(stamp, sort_keys=True))
     return out
 
 
@@ -250,7 +276,7 @@ def run_evaluate(cfg, force: bool = False) -> dict[str, Any]:
     catalog = Catalog.read(run.catalog)
     start = time.perf_counter()
     with run.stage("evaluate", fp):  # committed only once every file below is in place
-        scores = compute_scores(cfg, run, catalog)
+        scores = compute_scores(cfg, run, catalog, force)
         report = build_report(cfg, run, catalog, scores)
         report["seconds"]["evaluate"] = round(time.perf_counter() - start, 3)
         confusion_figure(report, run.figures / "confused_pairs.png")

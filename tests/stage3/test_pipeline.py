@@ -62,3 +62,18 @@ def test_predict_prints_top_classes_and_reports_bad_images(cli, finished, tmp_pa
         assert path in out
     scores = [float(line.split()[0]) for line in out.splitlines() if line.startswith("  ")]
     assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)  # 4 classes x 2 images
+
+
+def test_a_fusion_change_reuses_the_cached_scores(finished, tmp_path, cli):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("ray"))
+    before = {s: (run / "scores" / f"{s}.npz").stat().st_mtime_ns for s in ("val", "test")}
+    code, out, err = cli("evaluate", "--run-dir", run, "--fusion-rule", "grid")
+    assert code == 0, err
+    report = json.loads((run / "report.json").read_text())
+    assert report["fusion"]["rule"] == "grid" and report["fusion_from"].startswith("val grid")
+    assert abs(sum(report["fusion"]["weights"]) - 1) < 1e-9
+    assert "scores of these classifiers are cached" in err
+    assert {s: (run / "scores" / f"{s}.npz").stat().st_mtime_ns for s in ("val", "test")} == before
