@@ -63,11 +63,14 @@ def test_the_second_process_stops_with_one_line_and_a_killed_holder_frees_it(tmp
 
 
 @pytest.mark.slow
-def test_two_concurrent_pipelines_on_one_run_directory(tmp_path, cli):
+def test_two_concurrent_pipelines_on_one_run_directory(tmp_path, cli, ray_session):
+    import ray
+
     run = tmp_path / "run"
+    env = {**_env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's Ray
     first = subprocess.Popen([sys.executable, "-m", "ghns", "pipeline", "--run-dir", str(run),
                               *TINY_SYNTHETIC], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, env=_env())
+                             text=True, env=env)
     try:
         lock = run / ".lock"
         _wait_for(lambda: lock.is_file() and f"pid {first.pid} " in lock.read_text(), 120,
