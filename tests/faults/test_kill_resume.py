@@ -43,13 +43,14 @@ def _stages(run: Path) -> dict:
 
 
 def _kill_during(run: Path, stage: str, marker: str, env: dict) -> dict:
-    """Start the pipeline, SIGKILL it once ``marker`` exists while ``stage`` is unfinished."""
+    """Start the pipeline, SIGKILL it once ``stage`` is under way (recorded as partial work, and
+    ``marker`` written)."""
     proc = subprocess.Popen([sys.executable, "-m", "ghns", "pipeline", "--run-dir", str(run),
                              *TINY_SYNTHETIC, *LONGER], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         end = time.monotonic() + 600
-        while not (run / marker).is_file():
+        while not ((run / marker).is_file() and _stages(run).get("_partial", {}).get(stage)):
             assert proc.poll() is None, f"the pipeline ended before {stage} began"
             assert time.monotonic() < end, f"timed out waiting for {marker}"
             time.sleep(0.05)
