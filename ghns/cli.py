@@ -21,7 +21,7 @@ import typer
 try:  # typer >= 0.25 vendors click as typer._click; older typer uses click itself
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exceptions
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from ghns.config import Config, resolve_config
 from ghns.errors import GHNSError
@@ -75,7 +75,7 @@ def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool
                 f.name, inspect.Parameter.KEYWORD_ONLY,
                 default=typer.Option(None, *decls, help=help_text, show_default=False),
                 annotation=Optional[typ]))
-        wrapper.__signature__ = sig.replace(parameters=params)
+        setattr(wrapper, "__signature__", sig.replace(parameters=params))  # what typer reads
         return wrapper
 
     return deco
@@ -364,7 +364,7 @@ def predict(images: list[str] = typer.Argument(..., help="Image files."),
             typer.echo(f"error: {result.error}", err=True)
             continue
         typer.echo(path)
-        for name, score in result.top:
+        for name, score in result.top or []:
             typer.echo(f"  {score:.4f}  {name}")
     if failed:
         raise typer.Exit(1)
@@ -404,9 +404,9 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 
 def os_error_line(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
-    hint = {errno.ENOSPC: "free some space or use another --run-dir",
-            errno.EDQUOT: "free some space or use another --run-dir"}.get(
-        exc.errno, "check the permissions of the run directory and the dataset, or use another --run-dir")
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    hint = ("free some space or use another --run-dir" if full else
+            "check the permissions of the run directory and the dataset, or use another --run-dir")
     return f"{where}{exc.strerror or exc} ({hint})"
 
 

@@ -407,6 +407,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(f"'{f.name}' must be set")
+    out: Any
     if typ is bool:
         if isinstance(value, bool):
             out = value

@@ -19,14 +19,15 @@ OBJECT_COLOUR = (255, 255, 255)
 
 
 def _box(row: pd.Series, prefix: str) -> tuple[float, float, float, float]:
-    return tuple(float(row[f"{prefix}_{c}"]) for c in ("x", "y", "w", "h"))
+    x, y, w, h = (float(row[f"{prefix}_{c}"]) for c in ("x", "y", "w", "h"))
+    return x, y, w, h
 
 
 def _crop(img: Image.Image, box, side: int) -> Image.Image:
     x, y, w, h = box
     if not np.isfinite([x, y, w, h]).all() or w < 1 or h < 1:
         return Image.new("RGB", (side, side), (40, 40, 40))
-    return img.crop((x, y, x + w, y + h)).resize((side, side), Image.BILINEAR)
+    return img.crop((x, y, x + w, y + h)).resize((side, side), Image.Resampling.BILINEAR)
 
 
 def parts_grid(run: RunDir, rows: int = 12, out: str | None = None, seed: int = 0,

@@ -35,7 +35,10 @@ def weight_grid(n: int, step: float = 0.05) -> list[tuple[float, ...]]:
 
 
 def fuse(scores: list[np.ndarray], weights: tuple[float, ...]) -> np.ndarray:
-    return sum(w * s for w, s in zip(weights, scores))
+    out = weights[0] * scores[0]
+    for w, s in zip(weights[1:], scores[1:]):
+        out = out + w * s
+    return out
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -49,7 +52,8 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 def search_weights(val_scores: list[np.ndarray], val_labels: np.ndarray,
                    step: float = 0.05) -> tuple[tuple[float, ...], float]:
     """The grid weights with the best validation top-1 (ties: lower NLL, then grid order)."""
-    best, best_key = None, None
+    best: tuple[float, ...] = ()
+    best_key: tuple[float, float] | None = None
     rows = np.arange(len(val_labels))
     for w in weight_grid(len(val_scores), step):
         fused = fuse(val_scores, w)
@@ -58,6 +62,7 @@ def search_weights(val_scores: list[np.ndarray], val_labels: np.ndarray,
         key = (acc, -nll)
         if best_key is None or key > best_key:
             best, best_key = w, key
+    assert best_key is not None, "an empty weight grid"
     return best, best_key[0]
 
 
@@ -98,7 +103,9 @@ def fit_inverse_temperature(scores: np.ndarray, labels: np.ndarray, iters: int =
 
 def fuse_loglinear(scores: list[np.ndarray], inverse_t: tuple[float, ...]) -> np.ndarray:
     """``softmax(sum_i log(p_i) / T_i)``: rows are probabilities again."""
-    z = sum(_log(s) * b for s, b in zip(scores, inverse_t))
+    z = np.zeros_like(scores[0], dtype=np.float64)
+    for s, b in zip(scores, inverse_t):
+        z = z + _log(s) * b
     return np.exp(_log_softmax(z))
 
 

@@ -64,15 +64,13 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor 
     train_x = train_x.float()
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     xs = standardise(train_x, mean, std)
-    has_val = val_x is not None and val_y is not None and len(val_y) > 0
-    if not has_val:
-        grid = (grid[len(grid) // 2],)
-    best: tuple | None = None
+    if val_x is None or val_y is None or len(val_y) == 0:
+        weight, bias = fit_logistic(xs, train_y, classes, grid[len(grid) // 2])
+        return Probe(weight, bias, mean, std, grid[len(grid) // 2], float("nan"))
+    best: tuple[tuple[float, float], Probe] | None = None
     for l2 in grid:
         weight, bias = fit_logistic(xs, train_y, classes, l2)
         probe = Probe(weight, bias, mean, std, l2, float("nan"))
-        if not has_val:
-            return probe
         with torch.no_grad():
             logp = probe.logits(val_x.float()).log_softmax(1)
         acc = 100.0 * (logp.argmax(1) == val_y).float().mean().item()
@@ -80,4 +78,5 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor 
         if best is None or key > best[0]:
             probe.val_accuracy = acc
             best = (key, probe)
+    assert best is not None, "an empty L2 grid"
     return best[1]

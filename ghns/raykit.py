@@ -90,11 +90,11 @@ def map_batches_pandas(rows: pd.DataFrame, actor_cls: type, actor_kwargs: dict[s
     n_blocks = max(1, min(len(rows), max(2 * actors, len(rows) // batch_size)))
     bounds = np.linspace(0, len(rows), n_blocks + 1).astype(int)
     blocks = [rows.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    ds = ray.data.from_pandas(blocks)
-    ds = ds.map_batches(actor_cls, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,
-                        batch_format="pandas", compute=ActorPoolStrategy(size=actors),
-                        **actor_resources(cfg, actors))
-    out = ds.to_pandas()
+    resources: dict[str, Any] = actor_resources(cfg, actors)
+    scored = ray.data.from_pandas(blocks).map_batches(
+        actor_cls, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="pandas",
+        compute=ActorPoolStrategy(size=actors), **resources)
+    out = scored.to_pandas()
     return out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 

@@ -321,8 +321,8 @@ def confused_pair_errors(arm_preds: dict[str, list[np.ndarray]], labels: np.ndar
                     key = (int(min(t, p)), int(max(t, p)))
                     counts[arm][key] = counts[arm].get(key, 0) + 1
     pooled: dict[tuple[int, int], int] = {}
-    for arm in counts.values():
-        for key, n in arm.items():
+    for per_arm in counts.values():
+        for key, n in per_arm.items():
             pooled[key] = pooled.get(key, 0) + n
     ranked = sorted(pooled.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     return [{"classes": [class_names[a], class_names[b]],

@@ -196,7 +196,7 @@ def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent:
     grid = tuner.fit()
     table = results_table(grid, space)
     if not any(row.get(METRIC[space]) is not None for row in table):
-        errors = [str(r.error).splitlines()[0] for r in grid if r.error is not None]
+        errors = [str(grid[i].error).splitlines()[0] for i in range(len(grid)) if grid[i].error is not None]
         raise StageError(f"sweep --space {space}: no trial finished"
                          + (f" (first error: {errors[0]})" if errors else ""))
     best = max((r for r in table if r.get(METRIC[space]) is not None), key=lambda r: r[METRIC[space]])

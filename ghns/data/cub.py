@@ -8,6 +8,7 @@ Optional: ``bounding_boxes.txt`` (object boxes) and ``parts/part_locs.txt`` with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -66,7 +67,7 @@ def read_cub(root: Path, cfg=None) -> ReaderResult:
         for i, col in enumerate(("box_x", "box_y", "box_w", "box_h")):
             df[col] = [boxes[k][i] if k in boxes else float("nan") for k in df["image_id"]]
 
-    info = {"root": str(root)}
+    info: dict[str, Any] = {"root": str(root)}
     parts_file = root / "parts" / "part_locs.txt"
     if parts_file.is_file():
         df["part_points"] = _read_part_points(parts_file, df["image_id"].tolist())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, cast
 
 import pandas as pd
 
@@ -51,7 +51,7 @@ def build_catalog(cfg, progress: bool = True):
     root = Path(cfg.root).expanduser().resolve() if cfg.root is not None else None
     if root is not None and cfg.dataset != "synthetic" and not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
-    rows, classes, info = reader(root, cfg)
+    rows, classes, info = reader(cast(Path, root), cfg)  # None only for the synthetic default
     if rows.empty:
         raise DataError(f"{cfg.dataset}: no images found under {root}")
     rows, report = verify_images(rows, level=cfg.verify_images, progress=progress,

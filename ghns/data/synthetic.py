@@ -59,7 +59,7 @@ class SyntheticSpec:
 
 # -- classes -----------------------------------------------------------------------------------
 
-def class_attributes(n_classes: int) -> list[tuple[int, int, int]]:
+def class_attributes(n_classes: int) -> list[tuple[int, ...]]:
     """``n_classes`` (head, body, tail) variant triples with many one-part differences.
 
     Greedy and deterministic, starting from (0, 0, 0): each step adds the triple that maximises,
@@ -99,7 +99,7 @@ def part_difference(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return sum(x != y for x, y in zip(a, b))
 
 
-def class_name(attrs: tuple[int, int, int]) -> str:
+def class_name(attrs: tuple[int, ...]) -> str:
     return "-".join(v[i] for v, i in zip(VARIANTS, attrs))
 
 
@@ -175,7 +175,7 @@ def _box(points: np.ndarray, size: int) -> tuple[float, float, float, float]:
     return float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])
 
 
-def _jitter(rng: np.random.Generator, colour, amount: float) -> tuple[int, int, int]:
+def _jitter(rng: np.random.Generator, colour, amount: float) -> tuple[int, ...]:
     return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in colour)
 
 
@@ -231,16 +231,16 @@ def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generato
     ImageDraw.Draw(body_mask).polygon([tuple(p) for p in placed["body"][0][0] + centre], fill=255)
     for name in ("tail", "body", "head"):  # back to front
         for poly, role in placed[name]:
-            pts = [tuple(p) for p in poly + centre]
+            outline = [(float(p[0]), float(p[1])) for p in poly + centre]
             if role in ("pattern", "belly"):  # patterns stay inside the body outline
                 layer = Image.new("L", (s, s), 0)
-                ImageDraw.Draw(layer).polygon(pts, fill=255)
+                ImageDraw.Draw(layer).polygon(outline, fill=255)
                 canvas.paste(colours[role], mask=Image.fromarray(
                     np.minimum(np.asarray(layer), np.asarray(body_mask))))
             else:
-                draw.polygon(pts, fill=colours[role])
+                draw.polygon(outline, fill=colours[role])
 
-    image = canvas.resize((size, size), Image.LANCZOS)
+    image = canvas.resize((size, size), Image.Resampling.LANCZOS)
     pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.8, 1.2)
     pixels += rng.normal(0, 4.0, pixels.shape)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")

@@ -28,7 +28,7 @@ def crop_resize(img: Image.Image, size: int, box: Box | None = None) -> np.ndarr
         x1, y1 = min(float(img.width), x + max(w, 1.0)), min(float(img.height), y + max(h, 1.0))
         if x1 - x0 >= 1 and y1 - y0 >= 1:
             img = img.crop((x0, y0, x1, y1))
-    return np.array(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 class Loaded(NamedTuple):

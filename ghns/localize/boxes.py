@@ -54,7 +54,7 @@ def mass_centre(weights: np.ndarray, size: tuple[int, int] | None = None) -> tup
             float((weights * (ys + 0.5)).sum() / total * H / h))
 
 
-def box_around(centre: tuple[float, float], side: float, size: tuple[int, int]) -> Box:
+def box_around(centre: tuple[float, float], side: float, size: tuple[float, float]) -> Box:
     """A ``side`` x ``side`` box centred on ``centre``, shifted (not shrunk) to stay inside an
     image of ``size = (H, W)``, shrunk only when the image is smaller than the box."""
     H, W = size

@@ -28,12 +28,17 @@ CUB_PART_GROUPS = {
 NAN_BOX: Box = (math.nan, math.nan, math.nan, math.nan)
 
 
+def _box4(values) -> Box:
+    x, y, w, h = (float(v) for v in values)
+    return x, y, w, h
+
+
 def object_boxes(table: pd.DataFrame) -> list[Box] | None:
     """The catalog's object boxes, or None when the dataset has none."""
     cols = ["box_x", "box_y", "box_w", "box_h"]
     if not set(cols) <= set(table.columns) or table[cols].isna().all().all():
         return None
-    return [tuple(map(float, r)) for r in table[cols].to_numpy()]
+    return [_box4(r) for r in table[cols].to_numpy()]
 
 
 def cub_part_boxes(points: list[float], min_side: float) -> list[Box]:
@@ -60,7 +65,7 @@ def part_boxes(table: pd.DataFrame, min_side_fraction: float = 0.25) -> list[lis
     image's keypoint spread when there is no object box).
     """
     if "part_boxes" in table.columns and table["part_boxes"].notna().any():
-        return [[tuple(map(float, np.asarray(b)[4 * k: 4 * k + 4])) for k in range(3)]
+        return [[_box4(np.asarray(b)[4 * k: 4 * k + 4]) for k in range(3)]
                 if b is not None and len(b) == 12 else [NAN_BOX] * 3 for b in table["part_boxes"]]
     if "part_points" in table.columns and table["part_points"].notna().any():
         objects = object_boxes(table)

@@ -116,10 +116,10 @@ def _choose_boxes(cfg, out: pd.DataFrame, true_objects, true_parts) -> None:
     sides = cfg.part_box_scale * np.maximum(obj[:, 2], obj[:, 3])
     sizes = _image_sizes(out)
     for k in range(N_PARTS):
-        boxes = [box_around((cx, cy), side, size) for cx, cy, side, size in
-                 zip(out[f"part{k + 1}_cx"], out[f"part{k + 1}_cy"], sides, sizes)]
+        around = [box_around((cx, cy), side, size) for cx, cy, side, size in
+                  zip(out[f"part{k + 1}_cx"], out[f"part{k + 1}_cy"], sides, sizes)]
         for j, name in enumerate(columns(f"part{k + 1}")):
-            out[name] = [b[j] for b in boxes]
+            out[name] = [b[j] for b in around]
 
 
 def _image_sizes(out: pd.DataFrame) -> list[tuple[float, float]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Backbone(nn.Module):
     """Blocks applied in order to normalised images; ``forward`` returns the last feature map."""
 
-    def __init__(self, name: str, blocks: list[nn.Module], out_channels: int,
+    mean: torch.Tensor  # buffers (typed for the checker)
+    std: torch.Tensor
+
+    def __init__(self, name: str, blocks: Sequence[nn.Module], out_channels: int,
                  mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
         super().__init__()
         self.name = name

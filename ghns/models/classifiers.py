@@ -21,7 +21,7 @@ from ghns.models.backbones import Backbone
 
 
 @torch.no_grad()
-def load_probe_head(model: nn.Module, probe) -> None:
+def load_probe_head(model: "ImageClassifier | PartsClassifier", probe) -> None:
     """Copy a ``ghns.probe.Probe`` into ``model``'s ``mean`` / ``std`` buffers and its linear
     ``classify`` layer (LP-FT: the untrained classifier is then that probe)."""
     model.mean.copy_(probe.mean)
@@ -38,6 +38,9 @@ class ImageClassifier(nn.Module):
     standardisation and the classifier, so the untrained classifier is that probe; fine-tuning the
     trainable blocks moves on from there. The triplet term's embedding is the standardised feature,
     L2-normalised."""
+
+    mean: torch.Tensor  # buffers (typed for the checker)
+    std: torch.Tensor
 
     def __init__(self, backbone: Backbone, num_classes: int, frozen_blocks: int = 0) -> None:
         super().__init__()
@@ -92,14 +95,19 @@ class PartsClassifier(nn.Module):
     at zero, so the untrained classifier *is* the probe; training (cross-entropy + the quadruplet
     loss with the generated hard negatives) moves the embedding from there."""
 
+    mean: torch.Tensor  # buffers (typed for the checker)
+    std: torch.Tensor
+
     def __init__(self, n_parts: int, part_dim: int, num_classes: int, hidden: int = 512) -> None:
         super().__init__()
         dim = n_parts * part_dim
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.project = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.project[2].weight)
-        nn.init.zeros_(self.project[2].bias)
+        last = self.project[2]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.classify = nn.Linear(dim, num_classes)
 
     def start_from(self, probe) -> None:

@@ -61,6 +61,10 @@ class PartNetworks(nn.Module):
                               nn.Sequential(nn.Linear(inp, discriminator_hidden), nn.ReLU(),
                                             nn.Linear(discriminator_hidden, 1)))
 
+    def networks(self) -> list[PartNetwork]:
+        """The part networks, typed (``self.parts`` is a ``ModuleList``)."""
+        return [net for net in self.parts if isinstance(net, PartNetwork)]
+
     def forward(self, crops: torch.Tensor, cached: bool = False, sets: torch.Tensor | None = None):
         """``crops``: (B, P, ...) per-part inputs -> embeddings (B, P, D), logits (B, P, C) and,
         when ``sets`` (M, P) index rows of the batch per part, the discriminator's shuffled-or-not
@@ -98,5 +102,7 @@ class FilterNet(nn.Module):
         from each table plus the bias, exactly ``forward`` of the concatenated set."""
         if not self.is_linear:
             raise ValueError("per-part logit tables need a linear FilterNet (hidden=0)")
-        weight = self.net.weight.view(-1, self.n_parts, self.embedding_dim)  # (C, P, D)
-        return [e @ weight[:, k].T for k, e in enumerate(embeddings)], self.net.bias
+        linear = self.net
+        assert isinstance(linear, nn.Linear)
+        weight = linear.weight.view(-1, self.n_parts, self.embedding_dim)  # (C, P, D)
+        return [e @ weight[:, k].T for k, e in enumerate(embeddings)], linear.bias

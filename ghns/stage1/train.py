@@ -56,11 +56,12 @@ def cache_trunks(model: PartNetworks, crops: torch.Tensor, device: torch.device,
     outs = []
     for i in range(0, len(crops), batch):
         x = to_float(crops[i:i + batch]).to(device)
-        outs.append(torch.stack([net.trunk(x[:, k]) for k, net in enumerate(model.parts)], 1).half().cpu())
+        outs.append(torch.stack([net.trunk(x[:, k]) for k, net in enumerate(model.networks())], 1).half().cpu())
     return torch.cat(outs)
 
 
 def make_optimizer(params, config: dict[str, Any]):
+    opt: torch.optim.Optimizer
     if config["optimizer"] == "sgd":
         opt = torch.optim.SGD(params, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
     else:
@@ -118,7 +119,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         net.train()
         if cached:
-            for part in model.parts:
+            for part in model.networks():
                 part.backbone.blocks[: part.frozen_blocks].eval()
         sums = torch.zeros(6)
         batches = list(pk_batches(train_y, config["batch_classes"], config["batch_images"], gen))
@@ -136,7 +137,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             disc_acc = ((disc.detach() > 0).float() == shuffled.to(ctx.device)).float().mean().item()
-            sums += torch.tensor([loss.item(), l_cls.item(), l_tri.item(), l_adv.item(), disc_acc, 1.0])
+            sums += torch.tensor([float(v) for v in (loss, l_cls, l_tri, l_adv)] + [disc_acc, 1.0])
         sched.step()
         sums = ctx.all_reduce(sums)
         metrics = dict(zip(("loss", "cls", "triplet", "adv", "adv_accuracy"),

@@ -70,6 +70,7 @@ def shell_candidates(refs: np.ndarray, neighbours: list[np.ndarray], n_replaced:
     if r == 0:
         empty = np.zeros((0, N_PARTS), np.int64)
         return empty, empty, np.zeros(0, np.int64)
+    slots: list[tuple[tuple[int, ...], tuple[int, ...]]]
     if n_replaced == 1:
         slots = [((k,), (rank,)) for k in range(N_PARTS)]
     else:
@@ -122,7 +123,10 @@ def fill_class(target: int, refs: np.ndarray, neighbours: list[np.ndarray], labe
         return res
     tables = tables.for_class(target)
     rival = rivals(tables, refs, target)
-    kept_src, kept_rank, kept_ref, kept_score = [], [], [], []
+    kept_src: list[np.ndarray] = []
+    kept_rank: list[np.ndarray] = []
+    kept_ref: list[np.ndarray] = []
+    kept_score: list[np.ndarray] = []
     for n_replaced, rank in shells(k):
         sources, ranks, ref_of = shell_candidates(refs, neighbours, n_replaced, rank)
         res.shells += 1

@@ -138,7 +138,8 @@ class PartNeighbours:
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             else:
                 m = _pq_subquantizers(dim)
-                nbits = int(min(8, max(4, math.log2(max(len(train), 1) / 39))))  # 39 points a code
+                n_train = 0 if train is None else len(train)
+                nbits = int(min(8, max(4, math.log2(max(n_train, 1) / 39))))  # 39 points a code
                 index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits,
                                          faiss.METRIC_INNER_PRODUCT)
             if train is not None:

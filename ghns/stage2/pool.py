@@ -93,7 +93,7 @@ class PartStore:
         return {"folder": self.folder, "cache_classes": self.cache_classes}
 
     def __setstate__(self, state) -> None:
-        self.__init__(state["folder"], state["cache_classes"])
+        PartStore.__init__(self, state["folder"], state["cache_classes"])
 
     def class_rows(self, c: int) -> np.ndarray:
         return np.arange(self.offsets[c], self.offsets[c + 1])

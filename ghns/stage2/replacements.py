@@ -96,6 +96,7 @@ class Replacements:
                  donors: int = 0, index=None, centroids: np.ndarray | None = None) -> None:
         self.pool, self.k = pool, k
         self.max_similarity, self.band_quantile, self.donors = max_similarity, band_quantile, donors
+        self.centroids: np.ndarray | None
         if donors > 0:
             self.centroids = centroids if centroids is not None else centroids_of(pool)
         else:
@@ -119,6 +120,7 @@ class Replacements:
                 out.append(self.index.search(refs, part, self.k, limits))
                 continue
             chosen = donor_classes(self.centroids, target, part, self.donors, sims)
+            assert chosen is not None  # donors > 0 here (centroids exist only then)
             rows = np.concatenate([self.pool.class_rows(int(c)) for c in chosen]) if len(chosen) else \
                 np.zeros(0, np.int64)
             pool = self.pool.take_part(rows, part)

@@ -29,11 +29,11 @@ def shell_pairs(shell: int) -> list[tuple[int, int]]:
     return sorted(pairs, key=lambda p: (p[0] + p[1], p[0]))
 
 
-def full_space(ref: int, labels: np.ndarray) -> set[tuple[int, int, int]]:
+def full_space(ref: int, labels: np.ndarray) -> set[tuple[int, ...]]:
     """Every candidate of ``ref`` when all other-class images are sources (no neighbour limit):
     the set of source triples. Used as the reference enumeration in tests and small problems."""
     others = np.nonzero(labels != labels[ref])[0].tolist()
-    out = set()
+    out: set[tuple[int, ...]] = set()
     for mask in MASKS_ONE + MASKS_TWO:
         choices = [others if m else [ref] for m in mask]
         out.update(itertools.product(*choices))

@@ -76,7 +76,7 @@ class NegativeBank:
         from ghns.stage2.bank import read_bank
 
         meta, emb = read_bank(Path(folder))
-        if meta.empty:
+        if meta.empty or emb is None:
             return cls.empty(dim)
         if per_class is not None:
             keep = (meta.groupby("class").cumcount() < per_class).to_numpy()

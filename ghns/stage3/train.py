@@ -274,7 +274,8 @@ class KeepBest:
     on val."""
 
     def __init__(self) -> None:
-        self.acc, self.epoch, self.state = float("-inf"), -1, None
+        self.acc, self.epoch = float("-inf"), -1
+        self.state: dict[str, torch.Tensor] | None = None
 
     def update(self, model, acc: float, epoch: int) -> None:
         if acc == acc and acc > self.acc:  # not NaN

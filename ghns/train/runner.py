@@ -65,7 +65,7 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train logs every report and checkpoint at INFO; the stages log their own progress.
-            logging_config=ray.train.LoggingConfig(
+            logging_config=ray.train.LoggingConfig(  # type: ignore[call-arg]  # Train V2's RunConfig
                 log_level=os.environ.get("GHNS_TRAIN_LOG_LEVEL", "WARNING")),
             callbacks=_tune_callbacks()),
     )
