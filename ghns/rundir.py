@@ -40,6 +40,9 @@ STAGE_SECTIONS = {
 # bank shards); the others redo everything when rerun.
 PARTIAL = "_partial"
 RESUMABLE = ("localize", "stage1", "generate", "stage3")
+# The key of stages.json listing resumable stages whose leftover work (checkpoints, models) was
+# made from inputs an earlier stage has since replaced: they start over instead of resuming.
+STALE = "_stale"
 
 # Stages that only read what earlier stages made and take seconds: changed settings re-run them
 # instead of being refused (e.g. fixed fusion weights from a sweep).
@@ -207,7 +210,7 @@ class RunDir:
         """Refuse to continue ``stage``'s interrupted work under other settings than it began with
         (it would resume their checkpoints and record the new settings); ``force`` starts over."""
         began = self.stages().get(PARTIAL, {}).get(stage)
-        if began is None or force or stage not in RESUMABLE:
+        if began is None or force or stage not in RESUMABLE or self.starts_over(stage):
             return
         keys = changed_keys(began, fingerprint)
         if keys:
@@ -216,6 +219,11 @@ class RunDir:
             raise StageError(f"{self.path} holds interrupted work of stage '{stage}' begun with "
                              f"other settings ({changes}); rerun with those settings to resume it, "
                              f"or pass --force to start it over")
+
+    def starts_over(self, stage: str, force: bool = False) -> bool:
+        """Whether ``stage`` must discard its leftover work: forced, or made stale by an earlier
+        stage that ran again since (its checkpoints would resume work on the old inputs)."""
+        return force or stage in self.stages().get(STALE, [])
 
     @contextmanager
     def stage(self, name: str, fingerprint: dict[str, Any], force: bool = False) -> Iterator[dict[str, Any]]:
@@ -227,6 +235,9 @@ class RunDir:
             self.check_partial(name, fingerprint, force)
             stages = self.stages()
             stages.setdefault(PARTIAL, {})[name] = fingerprint
+            stages[STALE] = [s for s in stages.get(STALE, []) if s != name]  # it started over
+            if not stages[STALE]:
+                stages.pop(STALE)
             self._write_stages(stages)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
@@ -239,6 +250,9 @@ class RunDir:
         stages.get(PARTIAL, {}).pop(name, None)
         if not stages.get(PARTIAL, True):
             stages.pop(PARTIAL)
+        downstream = [s for s in STAGES[STAGES.index(name) + 1:] if s in RESUMABLE]
+        if downstream:  # their leftover work was made from what this stage just replaced
+            stages[STALE] = sorted(set(stages.get(STALE, [])) | set(downstream), key=STAGES.index)
         self._write_stages(stages)
 
 

@@ -49,3 +49,20 @@ def test_stages_that_redo_everything_record_no_partial_work(tmp_path):
     assert PARTIAL not in run.stages()
     with run.stage("evaluate", {"fusion_rule": "loglinear"}):
         pass
+
+
+def test_a_rerun_stage_makes_the_leftover_work_of_later_stages_start_over(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.stage("localize", {"a": 1}):
+        pass
+    assert run.starts_over("stage1") and run.starts_over("stage3")  # nothing of theirs is valid
+    begin_and_stop(run, "stage1", {"b": 1})  # stage 1 began (on these boxes), then died
+    assert not run.starts_over("stage1")  # its checkpoints are of the current boxes: resume them
+    with run.stage("localize", {"a": 1}, force=True):  # the boxes are made again
+        pass
+    assert run.starts_over("stage1")  # stage 1's checkpoints are of the old boxes now
+    run.check_partial("stage1", {"b": 2})  # and its old settings bind nothing
+    with run.stage("stage1", {"b": 2}):
+        pass
+    assert not run.starts_over("stage1") and run.starts_over("stage3")
+    assert run.starts_over("stage1", force=True)

@@ -38,6 +38,7 @@ def run_localize(cfg, force: bool = False) -> dict[str, Any]:
     if run.localization.is_file() and run.is_done("localize", fp, force):
         log.info("localize: done already (%s)", run.localization)
         return json.loads(run.localization_json.read_text())
+    force = run.starts_over("localize", force)
     catalog = Catalog.read(run.catalog)
     table = catalog.table
     true_objects, true_parts = oracle.object_boxes(table), oracle.part_boxes(table)

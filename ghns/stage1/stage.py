@@ -33,6 +33,7 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
     if run.stage1_json.is_file() and run.is_done("stage1", fp, force):
         log.info("stage1: done already (%s)", run.stage1_json)
         return json.loads(run.stage1_json.read_text())
+    force = run.starts_over("stage1", force)
     catalog = Catalog.read(run.catalog)
     with run.stage("stage1", fp, force) as record:
         history = _train_parts(cfg, run, catalog, force)

@@ -37,6 +37,7 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     if run.stage3_json.is_file() and run.is_done("stage3", fp, force):
         log.info("train-final: done already (%s)", run.stage3_json)
         return json.loads(run.stage3_json.read_text())
+    force = run.starts_over("stage3", force)
     run.check_partial("stage3", fp, force)  # before anything is removed
     if force:
         shutil.rmtree(run.stage3, ignore_errors=True)
