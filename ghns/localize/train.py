@@ -21,6 +21,7 @@ from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import part_area, part_compactness, part_presence, part_separation
 from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
+from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
 
 
@@ -134,7 +135,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
     if ctx.is_main:
         out = Path(config["output"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = temporary_name(out)
         torch.save({"model": model.state_dict(), "settings": _settings(config)}, tmp)
         tmp.replace(out)
 

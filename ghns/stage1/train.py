@@ -26,6 +26,7 @@ from ghns.errors import StageError
 from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
 from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
+from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
 
 N_PARTS = 3
@@ -150,7 +151,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
     if ctx.is_main:
         out = Path(config["output"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = temporary_name(out)
         keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks", "image_size",
                 "discriminator_hidden")
         torch.save({"model": model.state_dict(), "settings": {k: config[k] for k in keys}}, tmp)

@@ -313,6 +313,6 @@ def _accuracy(predict, x: torch.Tensor, y: torch.Tensor, ctx: WorkerContext) -> 
 def _save(path: str, model, settings: dict[str, Any]) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = temporary_name(out)
     torch.save({"model": model.state_dict(), "settings": settings}, tmp)
     tmp.replace(out)
