@@ -5,7 +5,10 @@ unfinished one resumes) and ``benchmarks/linear_probe.py --seed S``: the seed dr
 validation split carved from train too, so each run is compared with the probe of its own split
 (the test split is the dataset's and the same for all). Prints a table of mean +- std of every
 classifier, the fused classifier, fused without negatives, the seed-ensemble control and the
-probe, writes ``<root>/seeds.json`` and ``<root>/seeds.png``, and ends with one JSON line.
+probe, and the paired differences fused - probe and fused - seed ensemble with 95% intervals
+(``ghns.stats.paired_bootstrap``: seeds and test images resampled, each seed's fused predictions
+against that seed's probe on the same test images); writes ``<root>/seeds.json`` and
+``<root>/seeds.png``, and ends with one JSON line.
 
     python benchmarks/cub_seeds.py --root ../shared/data/cub50-dev/CUB_200_2011 --runs runs/cub-seeds
     python benchmarks/cub_seeds.py --dataset imagefolder --root ../shared/data/flowers12 --seeds 0 --runs runs/flowers
@@ -39,14 +42,55 @@ def run_seed(args, seed: int) -> dict:
 
 def probe(args, seed: int) -> dict:
     out = Path(args.runs) / f"linear_probe_seed{seed}.json"
-    if not out.is_file():
+    if not out.is_file() or not _probe_predictions(args, seed).is_file():
         cmd = [sys.executable, str(Path(__file__).with_name("linear_probe.py")), "--dataset", args.dataset,
-               "--root", args.root, "--seed", str(seed)]
+               "--root", args.root, "--seed", str(seed), "--predictions", str(_probe_predictions(args, seed))]
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(done.stdout.strip().splitlines()[-1])
     return json.loads(out.read_text())
+
+
+def _probe_predictions(args, seed: int) -> Path:
+    return Path(args.runs) / f"linear_probe_seed{seed}.npz"
+
+
+def correct_on_test(args, seed: int) -> dict[str, np.ndarray]:
+    """Per test image (in image-id order): is it right, for the fused classifier (the run's own
+    fusion of its cached scores), the seed-ensemble control and the probe of the same split."""
+    from ghns.fusion import Fusion
+
+    run = Path(args.runs) / f"seed{seed}"
+    report = json.loads((run / "report.json").read_text())
+    test = dict(np.load(run / "scores" / "test.npz"))
+    order = np.argsort(test["image_id"])
+    fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
+    fused = fusion([test[n] for n in ("original", "object", "parts")]).argmax(1)
+    out = {"fused": (fused == test["label"])[order]}
+    members = sorted(n for n in test if n == "original" or n.startswith("original_seed"))
+    if len(members) > 1:
+        ensemble = Fusion.from_dict(report["seed_ensemble"])([test[n] for n in members]).argmax(1)
+        out["seed_ensemble"] = (ensemble == test["label"])[order]
+    saved = np.load(_probe_predictions(args, seed))
+    probe_order = np.argsort(saved["image_id"])
+    if not np.array_equal(saved["image_id"][probe_order], test["image_id"][order]):
+        raise SystemExit(f"seed {seed}: the probe's test images differ from the run's")
+    out["probe"] = (saved["predicted"] == saved["label"])[probe_order]
+    return out
+
+
+def paired(args, seeds: list[int]) -> dict:
+    from ghns.stats import paired_bootstrap
+
+    per_seed = [correct_on_test(args, s) for s in seeds]
+    out = {}
+    for other in ("probe", "seed_ensemble"):
+        if all(other in c for c in per_seed):
+            boot = paired_bootstrap(np.stack([c["fused"] for c in per_seed]),
+                                    np.stack([c[other] for c in per_seed]))
+            out[f"fused_minus_{other}"] = {"mean": boot["mean"], "ci95": boot["ci95"]}
+    return out
 
 
 def summarise(reports: dict[int, dict], probes: dict[int, dict]) -> dict:
@@ -106,12 +150,15 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     reports = {s: run_seed(args, s) for s in seeds}
     summary = summarise(reports, {s: probe(args, s) for s in seeds})
+    summary["paired"] = paired(args, seeds)
     root = Path(args.runs)
     (root / "seeds.json").write_text(json.dumps(summary, indent=2))
     plot(summary, root / "seeds.png")
     print("| classifier | mean | std | per seed |\n| --- | --- | --- | --- |")
     for row, v in summary["table"].items():
         print(f"| {row} | {v['mean']} | {v['std']} | {', '.join(str(x) for x in v['per_seed'])} |")
+    for name, v in summary["paired"].items():
+        print(f"{name.replace('_', ' ')}: {v['mean']:+.2f} points, 95% interval {v['ci95']}")
     print(json.dumps({"bench": "cub_seeds", **summary}))
 
 
