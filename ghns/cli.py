@@ -59,6 +59,8 @@ def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool
             overrides = {f.name: kwargs.pop(f.name) for f in fields}
             config_file = kwargs.pop("config")
             cfg = resolve_config(config_file, overrides, use_run_dir=use_run_dir)
+            if cfg.quiet:  # stage and epoch progress lines off; warnings and results stay
+                log.setLevel(logging.WARNING)
             return fn(cfg=cfg, **kwargs)
 
         params = own + [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,

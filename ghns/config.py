@@ -241,6 +241,7 @@ class Config:
     ray_address: str | None = _opt(None, "Ray cluster to join (default: $RAY_ADDRESS, else a "
                                          "local instance).")
     object_store_mb: int = _opt(512, "Object store of a local Ray instance, MiB.", low=64)
+    quiet: bool = _opt(False, "Print warnings and results only: no stage and epoch progress lines.")
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

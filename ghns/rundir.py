@@ -239,6 +239,7 @@ class RunDir:
             if not stages[STALE]:
                 stages.pop(STALE)
             self._write_stages(stages)
+        log.info("%s: started", name)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
@@ -254,6 +255,7 @@ class RunDir:
         if downstream:  # their leftover work was made from what this stage just replaced
             stages[STALE] = sorted(set(stages.get(STALE, [])) | set(downstream), key=STAGES.index)
         self._write_stages(stages)
+        log.info("%s: done in %.1f s", name, stages[name]["seconds"])
 
 
 def holds_run_lock(fn):

@@ -37,3 +37,18 @@ def test_keep_best_keeps_the_best_validation_epoch():
     empty = KeepBest()
     empty.update(model, float("nan"), 0)
     assert empty.apply(model) is None  # no validation: the last weights stay
+
+
+def test_one_progress_line_per_epoch_from_the_main_worker(capsys):
+    from ghns.train import runner
+
+    ctx = runner.WorkerContext({"epochs": 4, "progress": True, "run_name": "stage3_original"})
+    ctx.report({"epoch": 1, "loss": 0.5, "val_acc": 91.25, "epoch_seconds": 2.0})
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("stage3_original: epoch 2/4  loss 0.5000  val_acc 91.25")
+    assert line.endswith("s left")
+    runner.WorkerContext({"epochs": 4}).report({"epoch": 0, "loss": 0.5})  # progress off
+    worker = runner.WorkerContext({"epochs": 4, "progress": True})
+    worker.rank = 1  # only the main worker speaks
+    worker.report({"epoch": 0, "loss": 0.5})
+    assert capsys.readouterr().out == ""

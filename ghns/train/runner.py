@@ -56,7 +56,8 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
     error_file.unlink(missing_ok=True)
     trainer = TorchTrainer(
         _stops_on_user_errors(loop),
-        train_loop_config={**loop_config, "device": device, "_error_file": str(error_file)},
+        train_loop_config={**loop_config, "device": device, "_error_file": str(error_file),
+                           "progress": not getattr(cfg, "quiet", False), "run_name": name},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=device == "cuda",
                                                resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend=torch_backend(device)),
@@ -170,6 +171,9 @@ class WorkerContext:
         self.epochs = config.get("epochs")
         self.report_seconds = float(config.get("report_seconds", REPORT_SECONDS))
         self._last_report = time.monotonic()
+        self.progress = bool(config.get("progress", False))
+        self.run_name = str(config.get("run_name", "training"))
+        self._epoch_clock = time.monotonic()
 
     @property
     def is_main(self) -> bool:
@@ -234,6 +238,25 @@ class WorkerContext:
         Path(marker).write_text("failed once")
         os._exit(1)
 
+    def _progress_line(self, metrics: dict[str, Any]) -> None:
+        """One console line per epoch from the main worker (``progress`` in the loop config):
+        loss, up to three validation figures, the epoch's seconds and the time left."""
+        if not (self.progress and self.is_main):
+            return
+        now = time.monotonic()
+        took, self._epoch_clock = now - self._epoch_clock, now
+        epoch = int(metrics.get("epoch", 0))
+        line = [f"{self.run_name}: epoch {epoch + 1}" + (f"/{self.epochs}" if self.epochs else "")]
+        if isinstance(metrics.get("loss"), float):
+            line.append(f"loss {metrics['loss']:.4f}")
+        line += [f"{k} {v:.2f}" for k, v in metrics.items()
+                 if k.startswith("val_") and isinstance(v, (int, float)) and v == v][:3]
+        line.append(f"{took:.1f} s")
+        if self.epochs:
+            left = max(0, int(self.epochs) - epoch - 1) * took
+            line.append(f"about {int(left // 60)} min {int(left % 60)} s left")
+        print("  ".join(line), flush=True)
+
     def _due(self, metrics: dict[str, Any]) -> bool:
         """Whether this epoch goes to Ray Train: the last epoch, and otherwise at most one every
         ``report_seconds``. Each report waits for the controller to collect it (a second or two),
@@ -249,6 +272,7 @@ class WorkerContext:
         """Record epoch metrics in the history file; report them to Ray Train (with a checkpoint
         of ``state`` from the main worker) when due (see ``_due``): a restarted worker resumes
         from the last reported epoch, so at most ``report_seconds`` of work is redone."""
+        self._progress_line(metrics)
         if self.is_main and self.history_file:
             path = Path(self.history_file)
             history = json.loads(path.read_text()) if path.is_file() else []
