@@ -45,13 +45,16 @@ def _stages(run: Path) -> dict:
 def _kill_during(run: Path, stage: str, marker: str, env: dict) -> dict:
     """Start the pipeline, SIGKILL it once ``stage`` is under way (recorded as partial work, and
     ``marker`` written)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ghns", "pipeline", "--run-dir", str(run),
-                             *TINY_SYNTHETIC, *LONGER], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = run.parent / f"killed-in-{stage}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ghns", "pipeline", "--run-dir", str(run),
+                                 *TINY_SYNTHETIC, *LONGER], env=env, stdout=err, stderr=err,
+                                start_new_session=True)
     try:
         end = time.monotonic() + 600
         while not ((run / marker).is_file() and _stages(run).get("_partial", {}).get(stage)):
-            assert proc.poll() is None, f"the pipeline ended before {stage} began"
+            assert proc.poll() is None, (f"the pipeline ended before {stage} began:\n"
+                                         + log.read_text()[-3000:])
             assert time.monotonic() < end, f"timed out waiting for {marker}"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
