@@ -59,6 +59,7 @@ def _kill_during(run: Path, stage: str, marker: str, env: dict) -> dict:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        time.sleep(3)  # Ray notices the dead driver and releases its job's actors, as for a user
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
