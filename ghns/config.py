@@ -215,6 +215,11 @@ class Config:
                            low_open=True, section="stage3")
     parts_hidden: int = _opt(512, "Hidden units of the parts classifier's projection.", low=1,
                              section="stage3")
+    replace_start_p: float = _opt(0.05, "How sure val must be before a fine-tuned epoch replaces "
+                                        "the linear probe it started from (LP-FT): the one-sided "
+                                        "sign-test p-value of the epoch beating the probe on the "
+                                        "val images they disagree on. 1 = any val gain replaces it.",
+                                  low=0.0, low_open=True, high=1.0, section="stage3", before=1.0)
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
                                  "one included); 1 disables the control.", low=1, section="stage3")
     # -- evaluate ----------------------------------------------------------------------------

@@ -78,6 +78,20 @@ def binomial_two_sided(k: int, n: int) -> float:
     return min(1.0, 2.0 * cdf)
 
 
+def sign_test_greater(only_new: int, only_old: int) -> float:
+    """One-sided exact sign test (McNemar) that a new model beats an old one on paired items:
+    P(X >= only_new) for X ~ Bin(only_new + only_old, 1/2), where ``only_new`` / ``only_old``
+    count the items only the new / only the old model gets right (ties carry no evidence)."""
+    n = only_new + only_old
+    if n == 0:
+        return 1.0
+    log_half = n * math.log(0.5)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half
+             for i in range(only_new, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
 def mean_std(values: list[float] | np.ndarray) -> dict[str, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value), rounded to 0.01."""
     x = np.asarray(values, dtype=np.float64)

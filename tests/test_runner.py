@@ -39,6 +39,41 @@ def test_keep_best_keeps_the_best_validation_epoch():
     assert empty.apply(model) is None  # no validation: the last weights stay
 
 
+def test_keep_best_replaces_the_start_only_beyond_chance_on_val():
+    from ghns.stage3.train import KeepBest
+
+    model = torch.nn.Linear(2, 1)
+    start = torch.tensor([True] * 140 + [False] * 10)  # the probe: 140 of 150 right
+
+    def epoch(fixed: int, broken: int) -> torch.Tensor:
+        c = start.clone()
+        c[140:140 + fixed] = True
+        c[:broken] = False
+        return c
+
+    best = KeepBest(replace_start_p=0.05)
+    with torch.no_grad():
+        model.weight.fill_(-1)
+    best.update(model, 100 * start.float().mean().item(), -1, start)
+    for e, (fixed, broken) in enumerate([(3, 1), (4, 0), (6, 3)]):  # +2, +4, +3 images: luck
+        with torch.no_grad():
+            model.weight.fill_(e)
+        c = epoch(fixed, broken)
+        best.update(model, 100 * c.float().mean().item(), e, c)
+    assert best.epoch == -1 and best.apply(model) == -1 and float(model.weight[0, 0]) == -1.0
+    restored = KeepBest(replace_start_p=0.05)
+    restored.load(best.dump())  # a resumed run judges against the same start
+    c = epoch(5, 0)  # 5 fixed, none broken: p = 1/32
+    with torch.no_grad():
+        model.weight.fill_(7)
+    restored.update(model, 100 * c.float().mean().item(), 7, c)
+    assert restored.apply(model) == 7
+    lenient = KeepBest()  # replace_start_p=1: any val gain replaces the start, as before
+    lenient.update(model, 93.33, -1, start)
+    lenient.update(model, 94.67, 0, epoch(3, 1))
+    assert lenient.epoch == 0
+
+
 def test_one_progress_line_per_epoch_from_the_main_worker(capsys):
     from ghns.train import runner
 

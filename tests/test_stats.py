@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ghns.stats import binomial_two_sided, mcnemar, mean_std, paired_bootstrap
+from ghns.stats import binomial_two_sided, mcnemar, mean_std, paired_bootstrap, sign_test_greater
 
 
 def loop_bootstrap(a, b, n_boot, seed, level=0.95):
@@ -63,6 +65,14 @@ def test_mcnemar_counts_discordant_pairs_and_matches_scipy():
 def test_binomial_two_sided_matches_scipy(k, n):
     expected = 1.0 if n == 0 else sps.binomtest(k, n, 0.5).pvalue
     assert binomial_two_sided(k, n) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("new,old", [(0, 0), (2, 0), (5, 0), (4, 1), (3, 3), (1, 6), (40, 25), (300, 250)])
+def test_sign_test_greater_is_the_upper_binomial_tail(new, old):
+    n = new + old  # brute force: count the outcomes of n fair coins with at least `new` heads
+    expected = sum(math.comb(n, i) for i in range(new, n + 1)) / 2 ** n if n else 1.0
+    assert sign_test_greater(new, old) == pytest.approx(expected, rel=1e-9)
+    assert sign_test_greater(5, 0) < 0.05 < sign_test_greater(4, 0)  # 5 fixed, none broken: enough
 
 
 def test_mean_std():

@@ -104,6 +104,7 @@ class PartsSettings:
     batch_classes: int
     batch_images: int
     negatives_per_anchor: int = 1
+    replace_start_p: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
@@ -167,12 +168,12 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     model.to(device)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad],
                                 settings.optimizer_config())
-    best = KeepBest()
+    best = KeepBest(settings.replace_start_p)
     start = restore(model, opt, sched, best) if restore is not None else 0
     if start == 0:
         model.eval()
-        best.update(model, accuracy(lambda v: model(v.to(device))[1], data.val_x, data.val_y,
-                                    all_reduce), -1)
+        acc, correct = val_correct(model, data, device)
+        best.update(model, acc, -1, correct)
     net = wrap(model)
     gen = torch.Generator().manual_seed(seed * 1000 + rank + 17 * start)
     rng = np.random.default_rng(seed * 1000 + rank + 17 * start)
@@ -217,8 +218,8 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
         sums = all_reduce(sums)
         metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
-        metrics["val_acc"] = accuracy(lambda v: model(v.to(device))[1], data.val_x, data.val_y, all_reduce)
-        best.update(model, metrics["val_acc"], epoch)
+        metrics["val_acc"], correct = val_correct(model, data, device)
+        best.update(model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, "bank_size": len(bank)})
         if on_epoch is not None:
             on_epoch(metrics, model, opt, sched, best)
@@ -252,15 +253,13 @@ def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, an
 
 
 @torch.no_grad()
-def accuracy(predict, x: torch.Tensor, y: torch.Tensor,
-             all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> float:
-    correct = torch.zeros(2)
-    for i in range(0, len(y), 256):
-        logits = predict(x[i:i + 256])
-        correct += torch.tensor([(logits.argmax(1).cpu() == y[i:i + 256]).sum().item(), len(y[i:i + 256])],
-                                dtype=torch.float32)
-    correct = all_reduce(correct)
-    return (100 * correct[0] / correct[1].clamp_min(1)).item()
+def val_correct(model: PartsClassifier, data: PartsData, device) -> tuple[float, torch.Tensor]:
+    """Val top-1 (percent) and each val image's correctness (every worker holds all of val)."""
+    if not len(data.val_y):
+        return float("nan"), torch.zeros(0, dtype=torch.bool)
+    right = torch.cat([model(data.val_x[i:i + 256].to(device))[1].argmax(1).cpu() == data.val_y[i:i + 256]
+                       for i in range(0, len(data.val_y), 256)])
+    return (100.0 * right.float().mean()).item(), right
 
 
 @torch.no_grad()

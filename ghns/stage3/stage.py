@@ -75,7 +75,8 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
                   "history_file": str(history_file.resolve()), "optimizer": cfg.optimizer,
                   "weight_decay": cfg.weight_decay, "lr_step": cfg.lr_step_epochs,
                   "lr_gamma": cfg.lr_gamma, "batch_classes": cfg.batch_classes,
-                  "batch_images": cfg.batch_images, "torch_threads": torch_threads_for(cfg.workers)}
+                  "batch_images": cfg.batch_images, "replace_start_p": cfg.replace_start_p,
+                  "torch_threads": torch_threads_for(cfg.workers)}
         if name.startswith("parts"):
             loop = parts_classifier_loop
             config = {**common, **parts_settings(cfg), "embeddings": str(run.embeddings.resolve()),
