@@ -5,7 +5,9 @@ Every rule chooses on val only; test is reported at its choice. Rules (``ghns.fu
 (one temperature per classifier fitted on val log-loss, then the product of tempered scores: the
 default of ``ghns evaluate``), and two references that choose nothing: ``equal`` (equal weights
 on the scores) and ``loglinear_equal`` (the plain product). ``oracle_ceiling`` is the best grid
-point *on test*: a ceiling of what any weights could do with these classifiers, never a result.
+point *on test*, and ``oracle_ceiling_loglinear`` the best product of scores raised to grid
+weights (any temperatures up to a common scale) *on test*: ceilings of what any weights could do
+with these classifiers, never results.
 
 ``val_cv_top1`` is the evidence for choosing a rule without test: each rule is fitted on 4/5 of
 val and scored on the other 1/5, over 5 folds x ``--repeats`` shuffles (every val image is held
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ghns.fusion import Fusion, choose_fusion, fuse, topk_accuracy, weight_grid
+from ghns.fusion import Fusion, choose_fusion, fuse, fuse_loglinear, topk_accuracy, weight_grid
 
 RULES = {
     "grid": lambda v, y: choose_fusion(v, y, "grid"),
@@ -61,7 +63,10 @@ def main() -> None:
         fusion = rule(v, yv)
         out[name] = {**fusion.describe(), "val_cv_top1": round(val_cross_validated(v, yv, rule, args.repeats), 2),
                      "test_top1": round(topk_accuracy(fusion(t), yt), 2)}
-    out["oracle_ceiling"] = round(max(topk_accuracy(fuse(t, g), yt) for g in weight_grid(len(names), 0.05)), 2)
+    grid = list(weight_grid(len(names), 0.05))
+    out["oracle_ceiling"] = round(max(topk_accuracy(fuse(t, g), yt) for g in grid), 2)
+    # top-1 of softmax(sum b_i log p_i) depends only on the ratios of the b_i: the simplex covers them
+    out["oracle_ceiling_loglinear"] = round(max(topk_accuracy(fuse_loglinear(t, g), yt) for g in grid), 2)
     print(json.dumps({"bench": "fusion_rules", "run_dir": args.run_dir, "classifiers": names, **out}))
 
 

@@ -23,6 +23,7 @@ from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
 from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
+from ghns.train.streams import Streams
 
 
 def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> PartLocalizer:
@@ -92,7 +93,8 @@ def localizer_loop(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["epoch"] + 1
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank)
+    streams = Streams.resume(config["seed"] * 1000 + ctx.rank, state)
+    gen = streams.torch
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float() if cached else to_float(x)
@@ -131,7 +133,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
         metrics.update(_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx))
         metrics["epoch"] = epoch
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch})
+                             "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
     if ctx.is_main:
         out = Path(config["output"])
         out.parent.mkdir(parents=True, exist_ok=True)

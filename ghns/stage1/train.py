@@ -28,6 +28,7 @@ from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
 from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
+from ghns.train.streams import Streams
 
 N_PARTS = 3
 
@@ -105,7 +106,9 @@ def stage1_loop(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["epoch"] + 1
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
+    streams = Streams.resume(config["seed"] * 1000 + ctx.rank, state,
+                             old_seed=config["seed"] * 1000 + ctx.rank + 17 * start)
+    gen = streams.torch
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext())
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -147,7 +150,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
                         "cache_seconds": cache_seconds})
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch})
+                             "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
     if ctx.is_main:
         out = Path(config["output"])
         out.parent.mkdir(parents=True, exist_ok=True)

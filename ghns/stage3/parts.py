@@ -155,11 +155,13 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     when not given), and the start competes with every epoch on val (as epoch -1): fine-tuning
     that does not beat the probe on val keeps the probe.
 
-    ``restore(model, opt, sched, best) -> first epoch`` resumes from a checkpoint; ``on_epoch(
-    metrics, model, opt, sched, best)`` is called after every epoch (Ray Train reporting);
+    ``restore(model, opt, sched, best, streams, old_seed=...) -> first epoch`` resumes from a
+    checkpoint (``ghns.stage3.train._restore``); ``on_epoch(metrics, model, opt, sched, best,
+    streams)`` is called after every epoch (Ray Train reporting: the checkpoint);
     ``wrap`` (DDP) and ``all_reduce`` (metrics over workers) default to a single process."""
     from ghns.stage1.train import make_optimizer
     from ghns.stage3.train import KeepBest
+    from ghns.train.streams import Streams
 
     torch.manual_seed(seed + rank)
     bank = bank if use_negatives else NegativeBank.empty(data.train_x.shape[1])
@@ -169,14 +171,15 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad],
                                 settings.optimizer_config())
     best = KeepBest(settings.replace_start_p)
-    start = restore(model, opt, sched, best) if restore is not None else 0
+    streams = Streams(seed * 1000 + rank)
+    start = (restore(model, opt, sched, best, streams, old_seed=lambda start: seed * 1000 + rank + 17 * start)
+             if restore is not None else 0)
     if start == 0:
         model.eval()
         acc, correct = val_correct(model, data, device)
         best.update(model, acc, -1, correct)
     net = wrap(model)
-    gen = torch.Generator().manual_seed(seed * 1000 + rank + 17 * start)
-    rng = np.random.default_rng(seed * 1000 + rank + 17 * start)
+    gen, rng = streams.torch, streams.numpy
     lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
     train_y, ids = data.train_y, data.train_ids
 
@@ -222,7 +225,7 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
         best.update(model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, "bank_size": len(bank)})
         if on_epoch is not None:
-            on_epoch(metrics, model, opt, sched, best)
+            on_epoch(metrics, model, opt, sched, best, streams)
     best.apply(model)
     return model.eval(), best
 

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from ghns.sampling import pk_batches
 from ghns.stage1.train import make_optimizer
 from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
+from ghns.train.streams import Streams
 
 
 # -- original-image and object classifiers ------------------------------------------------------
@@ -122,7 +123,9 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
     net = ctx.wrap(model)
     opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     best = KeepBest(config.get("replace_start_p", 1.0))
-    start = _restore(ctx, model, opt, sched, best)
+    seed = config["seed"] * 1000 + ctx.rank
+    streams = Streams(seed)
+    start = _restore(ctx, model, opt, sched, best, streams, old_seed=lambda start: seed + 17 * start)
     if start == 0:  # LP: the probe on the whole train split, the same on every worker
         probe = fit_probe(_gather(ctx, pooled(train_x, train_f), train_where),
                           _gather(ctx, train_y, train_where), _gather(ctx, pooled(val_x, val_f), val_where),
@@ -130,7 +133,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         model.start_from(probe)
         acc, correct = val_accuracy()
         best.update(model, acc, -1, correct)
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + ctx.rank + 17 * start)
+    gen = streams.torch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
     lam = config["lam"]
 
@@ -172,7 +175,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "epoch": epoch,
-                             "best": best.dump()})
+                             "best": best.dump(), "streams": streams.state()})
     if ctx.is_main:
         keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size", "crop")
         kept = best.apply(model)
@@ -240,17 +243,17 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
             else NegativeBank.empty(dim))
     settings = PartsSettings.from_dict(config)
 
-    def on_epoch(metrics, model, opt, sched, best) -> None:
+    def on_epoch(metrics, model, opt, sched, best, streams) -> None:
         ctx.fail_once(metrics["epoch"] + 1)
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "epoch": metrics["epoch"],
-                             "best": best.dump()})
+                             "best": best.dump(), "streams": streams.state()})
 
     ctx.fail_once(0)
     model, best = fit_parts_classifier(
         data, bank, settings, config["num_classes"], config["seed"], config["use_negatives"],
         device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
-        common_steps=ctx.common_steps, restore=lambda model, opt, sched, kept: _restore(ctx, model, opt, sched, kept),
+        common_steps=ctx.common_steps, restore=lambda *args, **kw: _restore(ctx, *args, **kw),
         on_epoch=on_epoch, probe=probe)
     if ctx.is_main:
         out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,
@@ -261,7 +264,10 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
 
 # -- shared ----------------------------------------------------------------------------------
 
-def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest") -> int:
+def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest", streams: Streams,
+             old_seed: Callable[[int], int]) -> int:
+    """Load the last checkpoint into the arguments; returns the epoch to start from. A checkpoint
+    of an older ghns (no saved streams) continues with fresh streams seeded ``old_seed(start)``."""
     state = ctx.restore()
     if state is None:
         return 0
@@ -269,7 +275,12 @@ def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest") -> int:
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     best.load(state.get("best"))
-    return state["epoch"] + 1
+    start = state["epoch"] + 1
+    if "streams" in state:
+        streams.load(state["streams"])
+    else:
+        streams.reseed(old_seed(start))
+    return start
 
 
 class KeepBest:

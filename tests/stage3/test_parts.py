@@ -121,3 +121,79 @@ def test_fine_tuning_that_does_not_beat_the_start_keeps_the_probe():
     assert best.epoch == -1 and best.acc == pytest.approx(probe.val_accuracy)
     with torch.no_grad():
         assert torch.allclose(model(data.val_x)[1], probe.logits(data.val_x), atol=1e-5)
+
+
+class _Checkpointed:
+    """What ``_restore`` needs of a worker context: the last reported checkpoint."""
+
+    is_main, history_file = False, None
+
+    def __init__(self, blob: bytes | None) -> None:
+        self.blob = blob
+
+    def restore(self):
+        import io
+
+        return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_bitwise_equal_to_one_never_interrupted():
+    import io
+
+    from ghns.stage3.train import _restore
+
+    data = tiny_data()
+    bank = NegativeBank(torch.randn(6, 12), by_class={0: np.arange(3), 1: np.arange(3, 6)})
+    saved: dict[str, bytes] = {}
+
+    def checkpoint_at_epoch_1(metrics, model, opt, sched, best, streams):
+        if metrics["epoch"] == 1:  # what the Ray Train loop reports
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "epoch": 1, "best": best.dump(), "streams": streams.state()}, buf)
+            saved["state"] = buf.getvalue()
+
+    def fit(blob, on_epoch):
+        torch.manual_seed(1234)  # a restarted worker's global generator is not where it was
+        return fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True, on_epoch=on_epoch,
+                                    restore=lambda *a, **kw: _restore(_Checkpointed(blob), *a, **kw))[0]
+
+    def later_losses(into: list):
+        return lambda metrics, *rest: into.append(metrics["loss"]) if metrics["epoch"] >= 2 else None
+
+    want: list[float] = []
+    uninterrupted = fit_parts_classifier(
+        data, bank, SETTINGS, 4, seed=3, use_negatives=True,
+        on_epoch=lambda *a: (checkpoint_at_epoch_1(*a), later_losses(want)(*a)))[0]
+    got: list[float] = []
+    resumed = fit(saved["state"], later_losses(got))
+    assert len(got) == 2 and got == want  # epochs 2 and 3, drawn as they were
+    for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # a checkpoint of an older ghns (no streams) resumes with other draws: the streams matter
+    old = torch.load(io.BytesIO(saved["state"]), weights_only=True)
+    del old["streams"]
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    other: list[float] = []
+    fit(buf.getvalue(), later_losses(other))
+    assert len(other) == 2 and other != want
+
+
+def test_streams_survive_a_weights_only_checkpoint():
+    import io
+
+    from ghns.train.streams import Streams
+
+    streams = Streams(7)
+    torch.rand(3, generator=streams.torch), streams.numpy.random(), torch.rand(1)  # move every stream on
+    buf = io.BytesIO()
+    torch.save({"streams": streams.state()}, buf)
+    want = (torch.randint(0, 10**6, (4,), generator=streams.torch), streams.numpy.integers(10**6, size=4),
+            torch.rand(4))
+    back = Streams.resume(0, torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    got = (torch.randint(0, 10**6, (4,), generator=back.torch), back.numpy.integers(10**6, size=4),
+           torch.rand(4))
+    assert torch.equal(want[0], got[0]) and (want[1] == got[1]).all() and torch.equal(want[2], got[2])
+    assert Streams.resume(5, None).numpy.integers(10**6) == Streams(5).numpy.integers(10**6)
+    assert Streams.resume(5, {"epoch": 3}, old_seed=9).numpy.integers(10**6) == Streams(9).numpy.integers(10**6)

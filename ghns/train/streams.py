@@ -1,0 +1,54 @@
+"""The random streams of a training loop, saved with its checkpoints.
+
+A loop draws its batches, flips, shifts, part shuffles and negatives from a torch generator (and,
+where it needs one, a numpy generator); dropout and drop-connect draw from torch's global
+generator. ``Streams`` holds all three and goes into every checkpoint the loop reports, so a
+worker restarted from a checkpoint draws exactly what the uninterrupted worker would have drawn
+next. With the weights, optimiser, scheduler and best-epoch state restored too, a run killed and
+resumed ends bitwise equal to the same run never interrupted (on the same device, thread count
+and number of workers; CUDA kernels may add their own nondeterminism).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class Streams:
+    """A torch and a numpy generator seeded with ``seed``, and torch's global generator."""
+
+    def __init__(self, seed: int) -> None:
+        self.torch = torch.Generator()
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.torch.manual_seed(seed)
+        self.numpy = np.random.default_rng(seed)
+
+    def state(self) -> dict[str, Any]:
+        """Tensors and a string only: checkpoints load with ``weights_only=True``."""
+        return {"torch": self.torch.get_state(), "global": torch.get_rng_state(),
+                "numpy": json.dumps(self.numpy.bit_generator.state)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.torch.set_state(state["torch"])
+        torch.set_rng_state(state["global"])
+        self.numpy.bit_generator.state = json.loads(state["numpy"])
+
+    @classmethod
+    def resume(cls, seed: int, checkpoint: dict[str, Any] | None, old_seed: int | None = None) -> "Streams":
+        """The streams to continue from: those saved in ``checkpoint``; fresh ones seeded with
+        ``seed`` without a checkpoint; and for a checkpoint saved before streams were (an older
+        ghns), fresh ones seeded with ``old_seed`` (what that version did), else ``seed``."""
+        if checkpoint is None:
+            return cls(seed)
+        saved = checkpoint.get("streams")
+        if saved is None:
+            return cls(seed if old_seed is None else old_seed)
+        streams = cls(seed)
+        streams.load(saved)
+        return streams
