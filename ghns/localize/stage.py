@@ -24,9 +24,9 @@ from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
 from ghns.localize.train import frozen_blocks_for, localizer_loop
 from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
+from ghns.models import N_PARTS
 
 log = logging.getLogger(__name__)
-N_PARTS = 3
 
 
 def run_localize(cfg, force: bool = False) -> dict[str, Any]:

@@ -29,8 +29,7 @@ from ghns.sampling import pk_batches
 from ghns.rundir import temporary_name
 from ghns.train.runner import WorkerContext
 from ghns.train.streams import Streams
-
-N_PARTS = 3
+from ghns.models import N_PARTS
 
 
 def part_rows(catalog_path: str, localization_path: str, split: str) -> tuple[pd.DataFrame, np.ndarray]:

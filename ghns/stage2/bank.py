@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ghns.rundir import temporary_name
-
-N_PARTS = 3
+from ghns.models import N_PARTS
 
 
 def shard_path(folder: Path, target: int) -> Path:

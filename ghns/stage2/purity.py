@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from ghns.models import N_PARTS
 
-N_PARTS = 3
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from ghns.models import N_PARTS
 
-N_PARTS = 3
 # replaced-part masks: one part, then two parts
 MASKS_ONE = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
 MASKS_TWO = [(1, 1, 0), (1, 0, 1), (0, 1, 1)]
