@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -255,7 +256,10 @@ class WorkerContext:
         if self.epochs:
             left = max(0, int(self.epochs) - epoch - 1) * took
             line.append(f"about {int(left // 60)} min {int(left % 60)} s left")
-        print("  ".join(line), flush=True)
+        # Ray Train's print patch both tees a print to the worker's stdout and logs it (every line
+        # twice on the console); writing to the process's own stdout passes it by, once
+        stream = sys.__stdout__ if self.in_ray and sys.__stdout__ is not None else sys.stdout
+        print("  ".join(line), file=stream, flush=True)
 
     def _due(self, metrics: dict[str, Any]) -> bool:
         """Whether this epoch goes to Ray Train: the last epoch, and otherwise at most one every
