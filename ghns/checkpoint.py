@@ -14,6 +14,17 @@ from typing import Any
 from ghns.errors import StageError
 
 
+def save_checkpoint(path: str | Path, model, settings: dict[str, Any]) -> None:
+    """``{"model": model's state dict, "settings": settings}`` to ``path``, atomically: the one
+    layout every model file of a run has (``load_checkpoint`` reads it)."""
+    import torch
+
+    from ghns.rundir import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "settings": settings}, tmp)
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu",
                     format: tuple[str, int] | None = None) -> Any:
     """The checkpoint in ``path``. With ``format=(what, n)`` its ``settings["format"]`` must be

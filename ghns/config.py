@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ghns.errors import ConfigError
-from ghns.rundir import temporary_name
+from ghns.rundir import atomic_write_text
 
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder")
 BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lite0")  # the registry's
@@ -313,11 +313,7 @@ class Config:
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the resolved config atomically (write to a temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(path)
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | Path, base: "Config | None" = None,

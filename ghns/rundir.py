@@ -8,6 +8,7 @@ skip; running it under a different fingerprint is an error that names the differ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -184,10 +185,7 @@ class RunDir:
         return json.loads(self.stages_file.read_text())
 
     def _write_stages(self, stages: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(self.stages_file)
-        tmp.write_text(json.dumps(stages, indent=2, sort_keys=True))
-        tmp.replace(self.stages_file)
+        atomic_write_text(self.stages_file, json.dumps(stages, indent=2, sort_keys=True))
 
     def is_done(self, stage: str, fingerprint: dict[str, Any], force: bool = False) -> bool:
         """Whether ``stage`` can be skipped; a done stage with another fingerprint is an error."""
@@ -275,13 +273,26 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of its own, then rename: a reader
-    sees the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A name of this process's own beside ``path`` to write to, renamed onto ``path`` when the
+    block ends and removed if it raises: a reader sees the old file or the new one, never a torn
+    one. ``suffix`` for writers that append their own (``np.savez`` adds ``.npz``)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = tmp.with_suffix(suffix) if suffix else tmp
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def recorded_value(old: dict[str, Any], key: str) -> Any:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ghns.errors import ConfigError, StageError
-from ghns.rundir import RunDir, atomic_write_text, holds_run_lock, temporary_name
+from ghns.rundir import RunDir, atomic_path, atomic_write_text, holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,9 @@ def study_loop(config: dict[str, Any]) -> None:
             bank = banks[key]
         model, best = fit_parts_classifier(data, bank, settings, config["num_classes"], job["seed"],
                                            job["bank"] is not None, probe=probe)
-        tmp = temporary_name(out).with_suffix(".npz")  # savez appends .npz otherwise
-        np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
-                            val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank))
-        tmp.replace(out)
+        with atomic_path(out, suffix=".npz") as tmp:  # savez appends .npz otherwise
+            np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
+                                val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank))
         print(f"study: {job['name']} done ({i + 1}/{len(jobs)} on worker {ctx.rank}): val top-1 "
               f"{best.acc:.2f}, {time.perf_counter() - t0:.1f} s", flush=True)
 

@@ -66,3 +66,19 @@ def test_a_rerun_stage_makes_the_leftover_work_of_later_stages_start_over(tmp_pa
         pass
     assert not run.starts_over("stage1") and run.starts_over("stage3")
     assert run.starts_over("stage1", force=True)
+
+
+def test_atomic_path_replaces_on_success_and_leaves_the_old_file_on_error(tmp_path):
+    from ghns.rundir import atomic_path
+
+    target = tmp_path / "sub" / "scores.npz"
+    with atomic_path(target, suffix=".npz") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".npz") and tmp != target
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"torn")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["scores.npz"]  # no temporary left behind

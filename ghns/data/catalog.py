@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ghns.errors import DataError
-from ghns.rundir import temporary_name
+from ghns.rundir import atomic_path
 
 SPLITS = ("train", "val", "test")
 
@@ -69,9 +69,8 @@ class Catalog:
         meta = {b"ghns": json.dumps({"dataset": self.dataset, "classes": self.classes,
                                      "info": self.info}).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        tmp = temporary_name(path)
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
 
     @classmethod
     def read(cls, path: str | Path) -> "Catalog":

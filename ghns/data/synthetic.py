@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from ghns.data.catalog import stratified_holdout
 from ghns.data.registry import ReaderResult, register_reader
-from ghns.rundir import temporary_name
+from ghns.rundir import atomic_path
 
 VERSION = 1
 PART_NAMES = ("head", "body", "tail")
@@ -290,9 +290,8 @@ def render_dataset(folder: Path, spec: SyntheticSpec, progress: bool = True) -> 
                          unit="img", disable=not progress, leave=False))
     table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     table = table.replace_schema_metadata({b"ghns_synthetic": json.dumps(asdict(spec)).encode()})
-    tmp = temporary_name(ann_path)
-    pq.write_table(table, tmp)
-    tmp.replace(ann_path)
+    with atomic_path(ann_path) as tmp:
+        pq.write_table(table, tmp)
     return ann_path
 
 

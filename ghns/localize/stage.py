@@ -23,7 +23,7 @@ from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
 from ghns.localize.train import frozen_blocks_for, localizer_loop
-from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
+from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
 from ghns.models import N_PARTS
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,8 @@ def _round(x: float) -> float | None:
 
 
 def _write_parquet(out: pd.DataFrame, path: Path) -> None:
-    tmp = temporary_name(path)
-    out.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        out.to_parquet(tmp, index=False)
 
 
 def _log_summary(figures: dict[str, Any]) -> None:

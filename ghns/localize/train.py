@@ -10,7 +10,6 @@ augmentation (horizontal flips) is applied to the cached maps.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import part_area, part_compactness, part_presence, part_separation
 from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
-from ghns.rundir import temporary_name
+from ghns.checkpoint import save_checkpoint
 from ghns.train.runner import WorkerContext
 from ghns.train.streams import Streams
 
@@ -135,11 +134,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
     if ctx.is_main:
-        out = Path(config["output"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(out)
-        torch.save({"model": model.state_dict(), "settings": _settings(config)}, tmp)
-        tmp.replace(out)
+        save_checkpoint(config["output"], model, _settings(config))
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ import torch
 
 from ghns.checkpoint import load_checkpoint
 from ghns.data.tensors import load_part_crops, to_float
-from ghns.stage1.train import N_PARTS, build_parts
+from ghns.models import N_PARTS
+from ghns.stage1.train import build_parts
 
 BOX_COLUMNS = [f"part{k + 1}_{c}" for k in range(N_PARTS) for c in "xywh"]
 

@@ -16,7 +16,7 @@ from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.localize.train import frozen_blocks_for
-from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
+from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
@@ -112,10 +112,9 @@ def _filternet(cfg, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classe
     labels = meta["label"].to_numpy()
     net, figures = train_filternet(emb[train], labels[train], emb[val], labels[val], num_classes,
                                    hidden=cfg.filternet_hidden, seed=cfg.seed)
-    tmp = temporary_name(run.filternet)
-    torch.save({"model": net.state_dict(), "hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
-                "embedding_dim": emb.shape[2], "num_classes": num_classes}, tmp)
-    tmp.replace(run.filternet)
+    with atomic_path(run.filternet) as tmp:
+        torch.save({"model": net.state_dict(), "hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
+                    "embedding_dim": emb.shape[2], "num_classes": num_classes}, tmp)
     return {"filternet": figures}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from ghns.errors import StageError
 from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
 from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
-from ghns.rundir import temporary_name
+from ghns.checkpoint import save_checkpoint
 from ghns.train.runner import WorkerContext
 from ghns.train.streams import Streams
 from ghns.models import N_PARTS
@@ -151,13 +150,9 @@ def stage1_loop(config: dict[str, Any]) -> None:
         ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
     if ctx.is_main:
-        out = Path(config["output"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(out)
         keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks", "image_size",
                 "discriminator_hidden")
-        torch.save({"model": model.state_dict(), "settings": {k: config[k] for k in keys}}, tmp)
-        tmp.replace(out)
+        save_checkpoint(config["output"], model, {k: config[k] for k in keys})
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ghns.rundir import temporary_name
+from ghns.rundir import atomic_path
 from ghns.models import N_PARTS
 
 
@@ -56,12 +56,11 @@ def write_shard(folder: Path, target: int, image_ids: np.ndarray, labels: np.nda
     table = pa.table(cols).replace_schema_metadata({b"ghns_class_stats": json.dumps(stats).encode()})
     folder.mkdir(parents=True, exist_ok=True)
     path = shard_path(folder, target)
-    tmp = temporary_name(path)
     # no dictionary and no statistics for the float vectors: they cost 8x the write and serve no
     # reader (measured: 47 ms -> 6 ms for a shard of 150 sets at D = 512)
     small = [c for c in table.column_names if c != "embedding"]
-    pq.write_table(table, tmp, use_dictionary=small, write_statistics=small)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, use_dictionary=small, write_statistics=small)
     return path
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ghns.stage2.scoring import PartTables, score_candidates
-from ghns.stage2.shuffle import MASKS_TWO, N_PARTS, shell_pairs
+from ghns.models import N_PARTS
+from ghns.stage2.shuffle import MASKS_TWO, shell_pairs
 
 RIVALS = 4  # strongest rival classes of each reference, checked cheaply before a full softmax
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from ghns.models import N_PARTS
 
 # replaced-part masks: one part, then two parts
 MASKS_ONE = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]

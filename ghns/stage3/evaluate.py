@@ -17,7 +17,7 @@ from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
-from ghns.rundir import RunDir, atomic_write_text, fingerprint, temporary_name
+from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
 
 log = logging.getLogger(__name__)
 IMAGE_MODELS = ("original", "object")
@@ -143,9 +143,8 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> d
         for n in names:
             if n.startswith("parts"):
                 data[n] = parts_scores(run.stage3 / f"{n}.pt", part_emb)
-        tmp = temporary_name(run.scores / f"{split}.npz").with_suffix(".npz")
-        np.savez_compressed(tmp, **data)
-        tmp.replace(run.scores / f"{split}.npz")
+        with atomic_path(run.scores / f"{split}.npz", suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **data)
         out[split] = data
     atomic_write_text(run.scores / "stamp.json", json.dumps(stamp, sort_keys=True))
     return out

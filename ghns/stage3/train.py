@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ghns.checkpoint import load_checkpoint
+from ghns.checkpoint import load_checkpoint, save_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import triplet_loss
@@ -33,7 +32,7 @@ from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
 from ghns.stage1.train import make_optimizer
-from ghns.rundir import temporary_name
+from ghns.rundir import atomic_path
 from ghns.train.runner import WorkerContext
 from ghns.train.streams import Streams
 
@@ -179,7 +178,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
     if ctx.is_main:
         keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size", "crop")
         kept = best.apply(model)
-        _save(config["output"], model, {**{k: config[k] for k in keys}, "format": IMAGE_FORMAT,
+        save_checkpoint(config["output"], model, {**{k: config[k] for k in keys}, "format": IMAGE_FORMAT,
                                         "epoch_kept": kept, "val_accuracy": best.acc})
 
 
@@ -218,10 +217,8 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
         out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device).contiguous(memory_format=layout))
                          .contiguous().half().cpu() for i in range(0, len(images), 64)])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(path)
-        torch.save(out, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(out, tmp)
     return out
 
 
@@ -259,7 +256,7 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
         out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,
                "num_classes": config["num_classes"], "hidden": settings.parts_hidden,
                "epoch_kept": best.epoch, "val_accuracy": best.acc}
-        _save(config["output"], model, out)
+        save_checkpoint(config["output"], model, out)
 
 
 # -- shared ----------------------------------------------------------------------------------
@@ -351,9 +348,3 @@ def _correct(predict, x: torch.Tensor, y: torch.Tensor, ctx: WorkerContext,
     return (100.0 * full.float().mean()).item() if len(full) else float("nan"), full
 
 
-def _save(path: str, model, settings: dict[str, Any]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(out)
-    torch.save({"model": model.state_dict(), "settings": settings}, tmp)
-    tmp.replace(out)
