@@ -113,3 +113,15 @@ def test_runs_saved_before_an_option_existed_keep_what_they_did(tmp_path):
     assert resolve_config(overrides={"run_dir": str(run)}).part_area == 0.0
     assert resolve_config(overrides={"run_dir": str(run), "part_area": 12.0}).part_area == 12.0
     assert resolve_config(overrides={"run_dir": str(tmp_path / "new")}).part_area == 30.0
+
+
+def test_config_choices_name_exactly_the_registered_backbones_and_datasets():
+    """The config lists them without importing torch (the CLI starts fast); the registries are
+    the truth, and a backbone or dataset added to one must be added to the other."""
+    import ghns.data  # noqa: F401 - registers the readers
+    from ghns.config import BACKBONE_NAMES, DATASETS
+    from ghns.data.registry import READERS
+    from ghns.models.backbones import BACKBONES
+
+    assert set(BACKBONE_NAMES) == set(BACKBONES)
+    assert set(DATASETS) == set(READERS)
