@@ -197,8 +197,12 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
     ``config["trunk_cache"]`` they are kept on disk under a key of the frozen weights and the
     pixels themselves, so classifiers that start from the same frozen weights and read the same
     images (the original classifier and its seed-ensemble copies) share one pass, and a changed
-    crop, size or shard can never read another's entry."""
+    crop, size or shard can never read another's entry. The model takes the CPU layout here
+    whether or not the cache holds the entry: a classifier whose outputs came from the cache must
+    compute exactly as one that made them (its trainable blocks ran in the other layout before,
+    and the same probe came out a few float bits apart)."""
     model.to(ctx.device).eval()
+    layout = cpu_layout(model, ctx.device)
     if not len(images):
         return images
     path = None
@@ -212,7 +216,6 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
                 return torch.load(path, map_location="cpu")
             except Exception:  # a torn file from an interrupted writer: recompute it
                 pass
-    layout = cpu_layout(model, ctx.device)
     with torch.no_grad():
         out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device).contiguous(memory_format=layout))
                          .contiguous().half().cpu() for i in range(0, len(images), 64)])
