@@ -123,6 +123,11 @@ def fill_class(target: int, refs: np.ndarray, neighbours: list[np.ndarray], labe
     if per_class <= 0 or len(refs) == 0:
         return res
     tables = tables.for_class(target)
+    # the table rows of the references and of the single-part shells that would fill the budget
+    # if every candidate passed, in one go (rows of later shells come on demand)
+    ranks_needed = min(k, -(-per_class // (len(refs) * N_PARTS)))
+    tables.prefetch([np.concatenate([refs, neighbours[p][:, :ranks_needed].reshape(-1)])
+                     for p in range(N_PARTS)])
     rival = rivals(tables, refs, target)
     kept_src: list[np.ndarray] = []
     kept_rank: list[np.ndarray] = []

@@ -57,20 +57,27 @@ def centroid_similarities(centroids: np.ndarray, target: int) -> np.ndarray:
 
 
 def donor_scores(centroids: np.ndarray, target: int, part: int,
-                 sims: np.ndarray | None = None) -> np.ndarray:
+                 sims: np.ndarray | None = None, present: np.ndarray | None = None) -> np.ndarray:
     """Per class B: min over the kept parts j of cos(c_j(A), c_j(B)) minus cos(c_k(A), c_k(B))
     for replacing part k = ``part`` of class A = ``target``; ``-inf`` for A itself and for
-    classes without images. ``sims``: ``centroid_similarities(centroids, target)``, if known."""
+    classes without images. ``sims``: ``centroid_similarities(centroids, target)``, and
+    ``present``: ``classes_present(centroids)``, if known."""
     sims = centroid_similarities(centroids, target) if sims is None else sims
     kept = [j for j in range(centroids.shape[0]) if j != part]
     score = (sims[kept].min(axis=0) if kept else np.zeros(sims.shape[1])) - sims[part]
     score[target] = -np.inf
-    score[~np.any(centroids[part] != 0, axis=1)] = -np.inf
+    present = classes_present(centroids) if present is None else present
+    score[~present[part]] = -np.inf
     return score
 
 
+def classes_present(centroids: np.ndarray) -> np.ndarray:
+    """(P, C): whether a class has a centroid (images) for each part."""
+    return np.any(centroids != 0, axis=2)
+
+
 def donor_classes(centroids: np.ndarray, target: int, part: int, m: int,
-                  sims: np.ndarray | None = None) -> np.ndarray | None:
+                  sims: np.ndarray | None = None, present: np.ndarray | None = None) -> np.ndarray | None:
     """The ``m`` best donor classes for replacing part ``part`` of class ``target`` (highest
     score first, ties to the lower class id), among those with a positive score: a donor must be
     closer to A on every kept part than on the part it replaces, or the swap does not change
@@ -79,7 +86,7 @@ def donor_classes(centroids: np.ndarray, target: int, part: int, m: int,
         return None
     from ghns.stage2.generate import top_indices
 
-    score = donor_scores(centroids, target, part, sims)
+    score = donor_scores(centroids, target, part, sims, present)
     order = top_indices(score, m)
     return np.sort(order[score[order] > 0])  # closer to A on every kept part than on the replaced one
 
@@ -99,6 +106,7 @@ class Replacements:
         self.centroids: np.ndarray | None
         if donors > 0:
             self.centroids = centroids if centroids is not None else centroids_of(pool)
+            self.present = classes_present(self.centroids)
         else:
             if index is None:
                 raise ValueError("without donor classes the replacements need a part index")
@@ -119,7 +127,7 @@ class Replacements:
             if self.centroids is None:
                 out.append(self.index.search(refs, part, self.k, limits))
                 continue
-            chosen = donor_classes(self.centroids, target, part, self.donors, sims)
+            chosen = donor_classes(self.centroids, target, part, self.donors, sims, self.present)
             assert chosen is not None  # donors > 0 here (centroids exist only then)
             rows = np.concatenate([self.pool.class_rows(int(c)) for c in chosen]) if len(chosen) else \
                 np.zeros(0, np.int64)

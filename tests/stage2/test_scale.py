@@ -118,6 +118,27 @@ def test_candidates_within_float32_error_of_tau_are_scored_again_exactly():
     assert lazy.parent.error > 0 and PartTables.error == 0
 
 
+def test_table_rows_asked_for_in_pieces_are_each_sources_own_row():
+    """Rows come into a class's cache a few at a time (prefetch, then each shell's misses, with
+    repeats), the buffer grows and is never reordered; every lookup returns its source's row."""
+    emb, labels = clustered(n_classes=6, per=7, dim=8)
+    net = linear_filternet(8, 6, seed=3)
+    pool = ArrayPool(emb, labels)
+    view = OnDemandTables(net, pool).for_class(2)
+    w = view.parent.weight
+    view.prefetch([np.array([5, -1, 3, 3]), np.array([], np.int64), np.array([40, 0])])
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        sources = rng.integers(0, len(labels), (int(rng.integers(1, 9)), 3))
+        got = view.logits(sources)
+        want = view.parent.bias + sum((emb[sources[:, k], k] @ w[k]).astype(np.float64) for k in range(3))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        for k in range(3):  # one slot per source, each holding that source's row
+            ids, slots = view._ids[k], view._slots[k]
+            assert np.all(np.diff(ids) > 0) and len(np.unique(slots)) == len(slots) == view._used[k]
+            np.testing.assert_allclose(view._rows[k][slots], emb[ids, k] @ w[k], rtol=1e-6, atol=1e-6)
+
+
 def _bank(store, net, k=6, donors=0, index=None, per_class=40, tau=0.3):
     repl = Replacements(store, k, 1.0, 1.0, donors, index=index)
     tables = OnDemandTables(net, store)
