@@ -4,6 +4,7 @@ loop in ``tests/test_losses.py``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -139,3 +140,26 @@ def quadruplet_loss(r: torch.Tensor, p: torch.Tensor, n_plus: torch.Tensor, n: t
     first = 0.5 * torch.relu(d_p - d_np + m1 - m2)
     second = 0.5 * torch.relu(d_np - d_n + m2)
     return (first + second).mean()
+
+
+def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, anchors: np.ndarray,
+                      m1: float, m2: float, per_anchor: int = 1) -> torch.Tensor:
+    """The metric term of Eq. 10 over a batch, summed per anchor and averaged over the batch.
+
+    Anchors with an n+ (``anchors``, row i of ``f_plus`` is an n+ of ``anchors[i]``; an anchor
+    appears ``per_anchor`` times) take the quadruplet loss (Eq. 9), averaged over their n+, with
+    their batch-hardest positive p and negative n; the other anchors take the triplet (r, p, n)
+    with margin m1, the quadruplet's outer constraint."""
+    p_idx, n_idx = batch_hardest(f, y)
+    has = torch.zeros(len(y), dtype=torch.bool)
+    has[torch.from_numpy(anchors)] = True
+    total = f.sum() * 0.0
+    if len(anchors):
+        a = torch.from_numpy(anchors).to(f.device)
+        total = total + quadruplet_loss(f[a], f[p_idx[a]], f_plus, f[n_idx[a]], m1, m2) * len(anchors) / per_anchor
+    rest = torch.nonzero(~has).flatten().to(f.device)
+    if len(rest):
+        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
+        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
+        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
+    return total / len(y)

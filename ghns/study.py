@@ -40,6 +40,7 @@ import numpy as np
 
 from ghns.errors import ConfigError, StageError
 from ghns.rundir import RunDir, atomic_path, atomic_write_text, holds_run_lock
+from ghns.train.specs import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +92,20 @@ def plan(seeds: list[int], banks: list[BankSpec]) -> list[Job]:
 def study_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: this worker's share of the jobs, one after another (no DDP: each
     job is a whole classifier; workers split the jobs)."""
-    from ghns.stage3.parts import (NegativeBank, PartsData, PartsSettings, fit_parts_classifier,
-                                   parts_probe, parts_softmax)
+    from ghns.stage3.parts import NegativeBank, PartsData, fit_parts_classifier, parts_probe, parts_softmax
     from ghns.stage1.table import read_embeddings
     from ghns.train.runner import WorkerContext
 
-    ctx = WorkerContext(config)
-    data = PartsData.read(Path(config["embeddings"]))
-    meta, emb = read_embeddings(Path(config["embeddings"]))
+    spec, ctx = StudySpec.of(config), WorkerContext(config)
+    data = PartsData.read(Path(spec.embeddings))
+    meta, emb = read_embeddings(Path(spec.embeddings))
     evaluated = meta["split"].isin(["val", "test"]).to_numpy()
     eval_ids, eval_sets = meta["image_id"].to_numpy()[evaluated], emb[evaluated]
-    settings = PartsSettings.from_dict(config["parts"])
     dim = data.train_x.shape[1]
-    probe = parts_probe(data, config["num_classes"])  # every job starts from the same probe
+    probe = parts_probe(data, spec.num_classes)  # every job starts from the same probe
     banks: dict[str, NegativeBank] = {}
-    jobs = config["jobs"][ctx.rank::ctx.world]
-    out_dir = Path(config["jobs_dir"])
+    jobs = spec.jobs[ctx.rank::ctx.world]
+    out_dir = Path(spec.jobs_dir)
     for i, job in enumerate(jobs):
         out = out_dir / f"{job['name']}.npz"
         if out.is_file():
@@ -118,7 +117,7 @@ def study_loop(config: dict[str, Any]) -> None:
             if key not in banks:
                 banks[key] = NegativeBank.read(Path(job["bank"]["folder"]), dim, job["bank"]["per_class"])
             bank = banks[key]
-        model, best = fit_parts_classifier(data, bank, settings, config["num_classes"], job["seed"],
+        model, best = fit_parts_classifier(data, bank, spec.parts, spec.num_classes, job["seed"],
                                            job["bank"] is not None, probe=probe)
         with atomic_path(out, suffix=".npz") as tmp:  # savez appends .npz otherwise
             np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
@@ -180,9 +179,11 @@ def run_study(cfg, seeds: int, tau_grid: list[float] | None = None,
 
 
 def _parts_config(cfg) -> dict[str, Any]:
-    from ghns.stage3.stage import parts_settings
+    from dataclasses import asdict
 
-    return parts_settings(cfg)
+    from ghns.stage3.parts import PartsSettings
+
+    return asdict(PartsSettings.from_config(cfg))
 
 
 def _digest(value: Any) -> str:
@@ -224,7 +225,7 @@ def bank_folders(cfg, run: RunDir, folder: Path, banks: list[BankSpec]) -> dict[
 
 def _train_jobs(cfg, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
                 parts: dict[str, Any], num_classes: int, digest: str) -> None:
-    from ghns.raykit import torch_threads_for
+    from ghns.stage3.parts import PartsSettings
     from ghns.train.runner import fit
 
     name = f"study_{digest}"
@@ -233,10 +234,9 @@ def _train_jobs(cfg, run: RunDir, todo: list[Job], folders: dict[str, Path], job
              "bank": None if j.bank is None else {"key": j.bank.key, "per_class": j.bank.per_class,
                                                   "folder": str(folders[j.bank.key].resolve())}}
             for j in todo]
-    config = {"embeddings": str(run.embeddings.resolve()), "jobs": jobs,
-              "jobs_dir": str(jobs_dir.resolve()), "parts": parts, "num_classes": num_classes,
-              "torch_threads": torch_threads_for(cfg.workers)}
-    fit(study_loop, config, cfg, name=name)
+    spec = StudySpec(parts=PartsSettings.from_dict(parts), embeddings=str(run.embeddings.resolve()),
+                     jobs_dir=str(jobs_dir.resolve()), num_classes=num_classes, jobs=jobs)
+    fit(study_loop, spec, cfg, name=name)
     missing = [j.name for j in todo if not (jobs_dir / f"{j.name}.npz").is_file()]
     if missing:
         raise StageError(f"study: {len(missing)} classifier(s) did not finish ({missing[0]}, ...)")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ghns.losses import (
     batch_hardest,
+    parts_metric_loss,
     adversarial_loss,
     part_area,
     part_compactness,
@@ -247,3 +249,34 @@ def test_batch_hardest_brute_force():
     # class 3 has one image: its positive is itself; a single-class batch's negative is its farthest row
     pos1, neg1 = batch_hardest(f[:2], torch.tensor([0, 0]))
     assert pos1.tolist() == [1, 0] and neg1.tolist() == [1, 0]
+
+
+# -- Eq. 10's metric term (the parts classifier) ----------------------------------------------
+
+def brute_metric(f, y, f_plus, anchors, m1, m2, per_anchor):
+    p_idx, n_idx = batch_hardest(f, y)
+    d = lambda a, b: float(((a - b) ** 2).sum())  # noqa: E731
+    total = 0.0
+    for i in range(len(y)):
+        rows = [j for j, a in enumerate(anchors) if a == i]
+        r, p, n = f[i], f[p_idx[i]], f[n_idx[i]]
+        if rows:
+            for j in rows:
+                total += (0.5 * max(0.0, d(r, p) - d(r, f_plus[j]) + m1 - m2)
+                          + 0.5 * max(0.0, d(r, f_plus[j]) - d(r, n) + m2)) / per_anchor
+        else:
+            total += 0.5 * max(0.0, d(r, p) - d(r, n) + m1)
+    return total / len(y)
+
+
+@pytest.mark.parametrize("per_anchor", [1, 2])
+def test_metric_term_brute_force(per_anchor):
+    torch.manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    anchors = np.repeat(np.array([0, 3, 5]), per_anchor)
+    f_plus = torch.nn.functional.normalize(torch.randn(len(anchors), 4), dim=1)
+    got = parts_metric_loss(f, y, f_plus, anchors, 0.4, 0.2, per_anchor)
+    assert got.item() == pytest.approx(brute_metric(f, y, f_plus, anchors, 0.4, 0.2, per_anchor), rel=1e-5)
+    none = parts_metric_loss(f, y, f_plus[:0], np.zeros(0, np.int64), 0.4, 0.2)
+    assert none.item() == pytest.approx(brute_metric(f, y, f_plus[:0], [], 0.4, 0.2, 1), rel=1e-5)

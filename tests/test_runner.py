@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from ghns.train.specs import WorkerSpec
+
 
 def test_reports_to_ray_are_throttled_but_the_last_epoch_always_goes(monkeypatch):
     from ghns.train import runner
 
     clock = [100.0]
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
-    ctx = runner.WorkerContext({"epochs": 5, "report_seconds": 10})
+    ctx = runner.WorkerContext(WorkerSpec(epochs=5, report_seconds=10))
     assert not ctx._due({"epoch": 0})
     clock[0] += 10
     assert ctx._due({"epoch": 1})  # 10 s since the start
     ctx._last_report = clock[0]
     assert not ctx._due({"epoch": 2})
     assert ctx._due({"epoch": 4})  # the last epoch
-    assert runner.WorkerContext({"report_seconds": 0})._due({"epoch": 0})
-    assert runner.WorkerContext({})._due({"epoch": 3})  # no epoch count known: every epoch
+    assert runner.WorkerContext(WorkerSpec(report_seconds=0))._due({"epoch": 0})
+    assert runner.WorkerContext(WorkerSpec())._due({"epoch": 3})  # no epoch count known: every epoch
 
 
 def test_keep_best_keeps_the_best_validation_epoch():
@@ -77,13 +79,13 @@ def test_keep_best_replaces_the_start_only_beyond_chance_on_val():
 def test_one_progress_line_per_epoch_from_the_main_worker(capsys):
     from ghns.train import runner
 
-    ctx = runner.WorkerContext({"epochs": 4, "progress": True, "run_name": "stage3_original"})
+    ctx = runner.WorkerContext(WorkerSpec(epochs=4, progress=True, run_name="stage3_original"))
     ctx.report({"epoch": 1, "loss": 0.5, "val_acc": 91.25, "epoch_seconds": 2.0})
     line = capsys.readouterr().out.strip()
     assert line.startswith("stage3_original: epoch 2/4  loss 0.5000  val_acc 91.25")
     assert line.endswith("s left")
-    runner.WorkerContext({"epochs": 4}).report({"epoch": 0, "loss": 0.5})  # progress off
-    worker = runner.WorkerContext({"epochs": 4, "progress": True})
+    runner.WorkerContext(WorkerSpec(epochs=4)).report({"epoch": 0, "loss": 0.5})  # progress off
+    worker = runner.WorkerContext(WorkerSpec(epochs=4, progress=True))
     worker.rank = 1  # only the main worker speaks
     worker.report({"epoch": 0, "loss": 0.5})
     assert capsys.readouterr().out == ""

@@ -179,16 +179,14 @@ def _jitter(rng: np.random.Generator, colour, amount: float) -> tuple[int, ...]:
     return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in colour)
 
 
-def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generator) -> Rendered:
-    """Draw one object of class ``attrs`` on a cluttered background; boxes in pixels."""
-    s = size * SUPERSAMPLE
-    # background: a vertical gradient between two muted colours
+def _background(s: int, rng: np.random.Generator) -> Image.Image:
+    """A vertical gradient between two muted colours, with clutter smaller than the parts."""
     top, bottom = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
     ramp = np.linspace(0, 1, s)[:, None, None]
     bg = (top * (1 - ramp) + bottom * ramp) * np.ones((1, s, 1))
     canvas = Image.fromarray(bg.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(3, 8))):  # clutter, smaller than the parts
+    for _ in range(int(rng.integers(3, 8))):
         colour = tuple(int(c) for c in rng.uniform(30, 230, 3))
         x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.015, 0.06) * s
         kind = rng.integers(3)
@@ -201,6 +199,14 @@ def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generato
         else:
             pts = rng.uniform(-r, r, (3, 2)) + [x, y]
             draw.polygon([tuple(p) for p in pts], fill=colour)
+    return canvas
+
+
+def render_image(attrs: tuple[int, int, int], size: int, rng: np.random.Generator) -> Rendered:
+    """Draw one object of class ``attrs`` on a cluttered background; boxes in pixels."""
+    s = size * SUPERSAMPLE
+    canvas = _background(s, rng)
+    draw = ImageDraw.Draw(canvas)
 
     # pose: length, orientation, facing, aspect
     length = rng.uniform(0.65, 0.9) * s

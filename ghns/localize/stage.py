@@ -22,8 +22,9 @@ from ghns.errors import ConfigError, StageError
 from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
-from ghns.localize.train import frozen_blocks_for, localizer_loop
+from ghns.localize.train import localizer_loop
 from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
+from ghns.train.specs import LocalizerSpec
 from ghns.models import N_PARTS
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,15 @@ def _learned_boxes(cfg, run: RunDir, catalog: Catalog, force: bool) -> tuple[pd.
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.train.runner import fit
 
-    backbone = cfg.resolved_backbone()
     model_path = run.path / "localize" / "model.pt"
     storage = run.path / "ray" / "localize"
+    history_file = run.path / "localize" / "history.json"
     if force:  # a forced stage starts over instead of resuming the last run's checkpoints
         shutil.rmtree(storage, ignore_errors=True)
-        (run.path / "localize" / "history.json").unlink(missing_ok=True)
-    loop_config = {
-        "catalog": str(run.catalog.resolve()), "output": str(model_path.resolve()),
-        "history_file": str((run.path / "localize" / "history.json").resolve()),
-        "backbone": backbone, "pretrained": cfg.pretrained, "num_classes": len(catalog.classes),
-        "frozen_blocks": frozen_blocks_for(backbone, cfg.pretrained, cfg.localize_trainable_blocks),
-        "image_size": cfg.resolved_localize_size(), "epochs": cfg.localize_epochs,
-        "lr": cfg.localize_lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "compactness": cfg.part_compactness, "presence": cfg.part_presence,
-        "separation": cfg.part_separation, "area": cfg.part_area, "min_area": cfg.part_min_area,
-        "torch_threads": torch_threads_for(cfg.workers),
-    }
-    result = fit(localizer_loop, loop_config, cfg, name="localize")
+        history_file.unlink(missing_ok=True)
+    spec = LocalizerSpec.from_config(cfg, run, len(catalog.classes))
+    result = fit(localizer_loop, spec, cfg, name="localize", history_file=history_file,
+                 epochs=spec.optim.epochs)
     device = resolve_device(cfg)
     found = map_batches_pandas(
         catalog.table[["image_id", "path", "label", "split"]], LocalizeActor,

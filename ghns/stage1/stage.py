@@ -15,12 +15,12 @@ import torch
 from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.localize.train import frozen_blocks_for
 from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
 from ghns.stage1.train import stage1_loop
+from ghns.train.specs import PartNetworksSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +61,15 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
 
 
 def _train_parts(cfg, run: RunDir, catalog: Catalog, force: bool) -> list[dict]:
-    from ghns.raykit import torch_threads_for
     from ghns.train.runner import fit
 
-    backbone = cfg.resolved_backbone()
     storage = run.path / "ray" / "stage1"
     history_file = run.path / "stage1" / "history.json"
     if force:
         shutil.rmtree(storage, ignore_errors=True)
         history_file.unlink(missing_ok=True)
-    loop_config = {
-        "catalog": str(run.catalog.resolve()), "localization": str(run.localization.resolve()),
-        "output": str(run.part_networks.resolve()), "history_file": str(history_file.resolve()),
-        "backbone": backbone, "pretrained": cfg.pretrained, "num_classes": len(catalog.classes),
-        "frozen_blocks": frozen_blocks_for(backbone, cfg.pretrained, cfg.trainable_blocks,
-                                           pretrained_default=1),
-        "image_size": cfg.resolved_part_size(), "embedding_dim": cfg.embedding_dim,
-        "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma, "margin": cfg.triplet_margin,
-        "mining": cfg.triplet_mining, "epochs": cfg.stage1_epochs, "optimizer": cfg.optimizer,
-        "lr": cfg.stage1_lr, "weight_decay": cfg.weight_decay, "lr_step": cfg.lr_step_epochs,
-        "lr_gamma": cfg.lr_gamma, "batch_classes": cfg.batch_classes,
-        "batch_images": cfg.batch_images, "seed": cfg.seed,
-        "discriminator_hidden": cfg.discriminator_hidden,
-        "torch_threads": torch_threads_for(cfg.workers),
-    }
-    fit(stage1_loop, loop_config, cfg, name="stage1")
+    spec = PartNetworksSpec.from_config(cfg, run, len(catalog.classes))
+    fit(stage1_loop, spec, cfg, name="stage1", history_file=history_file, epochs=spec.optim.epochs)
     return json.loads(history_file.read_text()) if history_file.is_file() else []
 
 

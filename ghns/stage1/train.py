@@ -26,7 +26,8 @@ from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
 from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
 from ghns.checkpoint import save_checkpoint
-from ghns.train.runner import WorkerContext
+from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.specs import ModelSpec, PartNetworksSpec
 from ghns.train.streams import Streams
 from ghns.models import N_PARTS
 
@@ -43,9 +44,12 @@ def part_rows(catalog_path: str, localization_path: str, split: str) -> tuple[pd
 
 
 def build_parts(settings: dict[str, Any], pretrained: str | None = None) -> PartNetworks:
-    return PartNetworks(settings["backbone"], pretrained or settings["pretrained"],
-                        settings["embedding_dim"], settings["num_classes"],
-                        settings["frozen_blocks"], N_PARTS, settings.get("discriminator_hidden", 256))
+    """The part networks that ``settings`` (what their checkpoint records:
+    ``PartNetworksSpec.settings``) describe, with ``pretrained`` weights instead if given."""
+    spec = ModelSpec.from_settings(settings)
+    hidden = settings.get("discriminator_hidden", 256)  # checkpoints before it was a setting
+    return PartNetworks(spec.backbone, pretrained or spec.pretrained, settings["embedding_dim"],
+                        spec.num_classes, spec.frozen_blocks, N_PARTS, hidden)
 
 
 @torch.no_grad()
@@ -60,54 +64,36 @@ def cache_trunks(model: PartNetworks, crops: torch.Tensor, device: torch.device,
     return torch.cat(outs)
 
 
-def make_optimizer(params, config: dict[str, Any]):
-    opt: torch.optim.Optimizer
-    if config["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
-    else:
-        opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config["lr_step"], gamma=config["lr_gamma"])
-    return opt, sched
+def _load_crops(spec: PartNetworksSpec, ctx: WorkerContext, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's share of ``split``: (N, 3, 3, S, S) uint8 part crops and labels."""
+    rows, boxes = part_rows(spec.catalog, spec.localization, split)
+    share = ctx.shard(len(rows))
+    rows, boxes = rows.iloc[share], boxes[share]
+    crops, failed = load_part_crops(rows["path"].tolist(), boxes, spec.model.image_size)
+    if failed:
+        raise StageError(f"{len(failed)} catalogued images can no longer be read "
+                         f"(first: {rows['path'].iloc[failed[0]]})")
+    return crops, torch.tensor(rows["label"].to_numpy())
 
 
 def stage1_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of stage 1."""
-    ctx = WorkerContext(config)
-    torch.manual_seed(config["seed"] + ctx.rank)
-    size = config["image_size"]
-
-    def load(split: str):
-        rows, boxes = part_rows(config["catalog"], config["localization"], split)
-        share = ctx.shard(len(rows))
-        rows, boxes = rows.iloc[share], boxes[share]
-        crops, failed = load_part_crops(rows["path"].tolist(), boxes, size)
-        if failed:
-            raise StageError(f"{len(failed)} catalogued images can no longer be read "
-                             f"(first: {rows['path'].iloc[failed[0]]})")
-        return crops, torch.tensor(rows["label"].to_numpy())
-
-    train_x, train_y = load("train")
-    val_x, val_y = load("val")
-    model = build_parts(config)
-    cached = config["frozen_blocks"] > 0
+    spec, ctx = PartNetworksSpec.of(config), WorkerContext(config)
+    torch.manual_seed(spec.seed + ctx.rank)
+    (train_x, train_y), (val_x, val_y) = _load_crops(spec, ctx, "train"), _load_crops(spec, ctx, "val")
+    model = build_parts(spec.settings())
+    cached = spec.model.frozen_blocks > 0
     start_time = time.perf_counter()
     if cached:
         model.to(ctx.device)
         train_x, val_x = cache_trunks(model, train_x, ctx.device), cache_trunks(model, val_x, ctx.device)
     cache_seconds = time.perf_counter() - start_time
     net = ctx.wrap(model)
-    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    start = 0
-    state = ctx.restore()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"] + 1
-    streams = Streams.resume(config["seed"] * 1000 + ctx.rank, state,
-                             old_seed=config["seed"] * 1000 + ctx.rank + 17 * start)
+    opt, sched = spec.optim.build([p for p in model.parameters() if p.requires_grad])
+    streams = Streams(spec.seed * 1000 + ctx.rank)
+    start = resume(ctx.restore(), model, opt, sched, streams,
+                   old_seed=lambda start: spec.seed * 1000 + ctx.rank + 17 * start)
     gen = streams.torch
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext())
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
         b, p = x.shape[:2]
@@ -116,43 +102,47 @@ def stage1_loop(config: dict[str, Any]) -> None:
             x = augment(x.flatten(0, 1), gen, max_shift=0.0 if cached else 0.1).view(b, p, *x.shape[2:])
         return x.to(ctx.device, non_blocking=True)
 
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(start, spec.optim.epochs):
         ctx.fail_once(epoch)
         t0 = time.perf_counter()
-        net.train()
-        if cached:
-            for part in model.networks():
-                part.backbone.blocks[: part.frozen_blocks].eval()
-        sums = torch.zeros(6)
-        batches = list(pk_batches(train_y, config["batch_classes"], config["batch_images"], gen))
-        for idx in batches[:ctx.common_steps(len(batches))]:
-            y = train_y[idx].to(ctx.device)
-            sets, shuffled = shuffled_sets(len(idx), gen)
-            with autocast:  # the discriminator runs inside forward, so DDP syncs its gradients too
-                emb, logits, disc = net(inputs(train_x[idx], True), cached=cached, sets=sets.to(ctx.device))
-                l_cls = sum(F.cross_entropy(logits[:, k].float(), y) for k in range(N_PARTS))
-                l_tri = sum(triplet_loss(emb[:, k].float(), y, config["margin"], config["mining"])
-                            for k in range(N_PARTS))
-                l_adv = adversarial_loss(disc.float(), shuffled.to(ctx.device))
-                loss = config["alpha"] * l_cls + config["beta"] * l_tri + config["gamma"] * l_adv
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            disc_acc = ((disc.detach() > 0).float() == shuffled.to(ctx.device)).float().mean().item()
-            sums += torch.tensor([float(v) for v in (loss, l_cls, l_tri, l_adv)] + [disc_acc, 1.0])
+        metrics = _parts_epoch(spec, ctx, net, model, opt, train_x, train_y, inputs, gen)
         sched.step()
-        sums = ctx.all_reduce(sums)
-        metrics = dict(zip(("loss", "cls", "triplet", "adv", "adv_accuracy"),
-                           (sums[:5] / sums[5].clamp_min(1)).tolist()))
         metrics.update(_val_accuracy(model, val_x, val_y, inputs, cached, ctx))
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
-                        "cache_seconds": cache_seconds})
-        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch, "streams": streams.state()})
+                        "cache_seconds": cache_seconds, "workers": ctx.world})
+        ctx.report(metrics, training_state(model, opt, sched, epoch, streams))
     if ctx.is_main:
-        keys = ("backbone", "pretrained", "embedding_dim", "num_classes", "frozen_blocks", "image_size",
-                "discriminator_hidden")
-        save_checkpoint(config["output"], model, {k: config[k] for k in keys})
+        save_checkpoint(spec.output, model, spec.settings())
+
+
+def _parts_epoch(spec: PartNetworksSpec, ctx: WorkerContext, net, model: PartNetworks, opt,
+                 train_x: torch.Tensor, train_y: torch.Tensor, inputs, gen: torch.Generator) -> dict[str, float]:
+    """One epoch of Eq. 7 on P-K batches; the mean losses and discriminator accuracy over workers."""
+    cached = spec.model.frozen_blocks > 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
+    net.train()
+    if cached:
+        for part in model.networks():
+            part.backbone.blocks[: part.frozen_blocks].eval()
+    sums = torch.zeros(6)
+    batches = list(pk_batches(train_y, spec.batch_classes, spec.batch_images, gen))
+    for idx in batches[:ctx.common_steps(len(batches))]:
+        y = train_y[idx].to(ctx.device)
+        sets, shuffled = shuffled_sets(len(idx), gen)
+        with autocast:  # the discriminator runs inside forward, so DDP syncs its gradients too
+            emb, logits, disc = net(inputs(train_x[idx], True), cached=cached, sets=sets.to(ctx.device))
+            l_cls = sum(F.cross_entropy(logits[:, k].float(), y) for k in range(N_PARTS))
+            l_tri = sum(triplet_loss(emb[:, k].float(), y, spec.triplet_margin, spec.triplet_mining)
+                        for k in range(N_PARTS))
+            l_adv = adversarial_loss(disc.float(), shuffled.to(ctx.device))
+            loss = spec.alpha * l_cls + spec.beta * l_tri + spec.gamma * l_adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        disc_acc = ((disc.detach() > 0).float() == shuffled.to(ctx.device)).float().mean().item()
+        sums += torch.tensor([float(v) for v in (loss, l_cls, l_tri, l_adv)] + [disc_acc, 1.0])
+    sums = ctx.all_reduce(sums)
+    return dict(zip(("loss", "cls", "triplet", "adv", "adv_accuracy"), (sums[:5] / sums[5].clamp_min(1)).tolist()))
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ghns.losses import quadruplet_loss
+from ghns.losses import parts_metric_loss
 from ghns.models.classifiers import PartsClassifier
 from ghns.sampling import pk_batches
 
@@ -110,9 +110,17 @@ class PartsSettings:
     def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def optimizer_config(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer, "lr": self.parts_lr, "weight_decay": self.weight_decay,
-                "lr_step": self.lr_step_epochs, "lr_gamma": self.lr_gamma}
+    @classmethod
+    def from_config(cls, cfg) -> "PartsSettings":
+        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
+
+    def optim(self):
+        """The optimiser's settings (``ghns.train.specs.OptimSpec``)."""
+        from ghns.train.specs import OptimSpec
+
+        return OptimSpec(lr=self.parts_lr, epochs=self.parts_epochs, optimizer=self.optimizer,
+                         weight_decay=self.weight_decay, lr_step_epochs=self.lr_step_epochs,
+                         lr_gamma=self.lr_gamma)
 
 
 FORMAT = 2  # checkpoints of format 1 (a 128-d projection from scratch) predate LP-FT
@@ -159,7 +167,6 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     checkpoint (``ghns.stage3.train._restore``); ``on_epoch(metrics, model, opt, sched, best,
     streams)`` is called after every epoch (Ray Train reporting: the checkpoint);
     ``wrap`` (DDP) and ``all_reduce`` (metrics over workers) default to a single process."""
-    from ghns.stage1.train import make_optimizer
     from ghns.stage3.train import KeepBest
     from ghns.train.streams import Streams
 
@@ -168,8 +175,7 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     model = build_parts_classifier(data, settings, num_classes)
     model.start_from(probe if probe is not None else parts_probe(data, num_classes))
     model.to(device)
-    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad],
-                                settings.optimizer_config())
+    opt, sched = settings.optim().build([p for p in model.parameters() if p.requires_grad])
     best = KeepBest(settings.replace_start_p)
     streams = Streams(seed * 1000 + rank)
     start = (restore(model, opt, sched, best, streams, old_seed=lambda start: seed * 1000 + rank + 17 * start)
@@ -179,47 +185,11 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
         acc, correct = val_correct(model, data, device)
         best.update(model, acc, -1, correct)
     net = wrap(model)
-    gen, rng = streams.torch, streams.numpy
-    lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
-    train_y, ids = data.train_y, data.train_ids
-
-    per_anchor = settings.negatives_per_anchor
-
-    def negatives_for(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(anchor positions with an n+, each repeated per n+; bank rows of their n+)."""
-        pos, rows = [], []
-        for i, b in enumerate(batch):
-            own = bank.by_ref.get(int(ids[b]))
-            pool = own if own is not None else bank.by_class.get(int(train_y[b]))
-            if pool is not None and len(pool):
-                for _ in range(per_anchor):
-                    pos.append(i)
-                    rows.append(int(pool[rng.integers(len(pool))]))
-        return np.asarray(pos, np.int64), np.asarray(rows, np.int64)
-
     for epoch in range(start, settings.parts_epochs):
         t0 = time.perf_counter()
-        net.train()
-        sums = torch.zeros(4)
-        batches = list(pk_batches(train_y, settings.batch_classes, settings.batch_images, gen))
-        for idx in batches[:common_steps(len(batches))]:
-            y = train_y[idx].to(device)
-            pos, rows = negatives_for(idx.numpy())
-            x = data.train_x[idx]
-            if len(rows):
-                x = torch.cat([x, bank.x[rows]])
-            f, logits = net(x.to(device))
-            f_real, logits = f[: len(idx)], logits[: len(idx)]
-            l_cls = F.cross_entropy(logits, y)
-            l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, per_anchor)
-            loss = lam * l_cls + (1 - lam) * l_metric
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric.detach()), 1.0])
+        metrics = _parts_classifier_epoch(data, bank, settings, net, opt, streams, device, common_steps,
+                                          all_reduce)
         sched.step()
-        sums = all_reduce(sums)
-        metrics = dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
         metrics["val_acc"], correct = val_correct(model, data, device)
         best.update(model, metrics["val_acc"], epoch, correct)
@@ -230,29 +200,50 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     return model.eval(), best
 
 
-def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, anchors: np.ndarray,
-                      m1: float, m2: float, per_anchor: int = 1) -> torch.Tensor:
-    """The metric term of Eq. 10 over a batch, summed per anchor and averaged over the batch.
+def draw_negatives(bank: NegativeBank, batch: np.ndarray, ids: np.ndarray, labels: torch.Tensor,
+                   rng: np.random.Generator, per_anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    """For the train rows ``batch``: (anchor positions with an n+, each repeated ``per_anchor``
+    times; bank rows of their n+, drawn from those made from the anchor itself, else from its
+    class's)."""
+    pos, rows = [], []
+    for i, b in enumerate(batch):
+        own = bank.by_ref.get(int(ids[b]))
+        pool = own if own is not None else bank.by_class.get(int(labels[b]))
+        if pool is not None and len(pool):
+            for _ in range(per_anchor):
+                pos.append(i)
+                rows.append(int(pool[rng.integers(len(pool))]))
+    return np.asarray(pos, np.int64), np.asarray(rows, np.int64)
 
-    Anchors with an n+ (``anchors``, row i of ``f_plus`` is an n+ of ``anchors[i]``; an anchor
-    appears ``per_anchor`` times) take the quadruplet loss (Eq. 9), averaged over their n+, with
-    their batch-hardest positive p and negative n; the other anchors take the triplet (r, p, n)
-    with margin m1, the quadruplet's outer constraint."""
-    from ghns.losses import batch_hardest
 
-    p_idx, n_idx = batch_hardest(f, y)
-    has = torch.zeros(len(y), dtype=torch.bool)
-    has[torch.from_numpy(anchors)] = True
-    total = f.sum() * 0.0
-    if len(anchors):
-        a = torch.from_numpy(anchors).to(f.device)
-        total = total + quadruplet_loss(f[a], f[p_idx[a]], f_plus, f[n_idx[a]], m1, m2) * len(anchors) / per_anchor
-    rest = torch.nonzero(~has).flatten().to(f.device)
-    if len(rest):
-        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
-        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
-        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
-    return total / len(y)
+def _parts_classifier_epoch(data: PartsData, bank: NegativeBank, settings: PartsSettings, net, opt,
+                            streams, device: torch.device, common_steps: Callable[[int], int],
+                            all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    """One epoch of Eq. 10 on P-K batches, each anchor's n+ from the bank; the mean losses over
+    workers."""
+    lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
+    train_y = data.train_y
+    net.train()
+    sums = torch.zeros(4)
+    batches = list(pk_batches(train_y, settings.batch_classes, settings.batch_images, streams.torch))
+    for idx in batches[:common_steps(len(batches))]:
+        y = train_y[idx].to(device)
+        pos, rows = draw_negatives(bank, idx.numpy(), data.train_ids, train_y, streams.numpy,
+                                   settings.negatives_per_anchor)
+        x = data.train_x[idx]
+        if len(rows):
+            x = torch.cat([x, bank.x[rows]])
+        f, logits = net(x.to(device))
+        f_real, logits = f[: len(idx)], logits[: len(idx)]
+        l_cls = F.cross_entropy(logits, y)
+        l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, settings.negatives_per_anchor)
+        loss = lam * l_cls + (1 - lam) * l_metric
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric.detach()), 1.0])
+    sums = all_reduce(sums)
+    return dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
 
 
 @torch.no_grad()

@@ -18,15 +18,23 @@ from typing import Any
 
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.localize.train import frozen_blocks_for
 from ghns.rundir import RunDir, atomic_write_text, fingerprint
+from ghns.train.specs import ImageClassifierSpec, PartsClassifierSpec
 
 log = logging.getLogger(__name__)
 
 
+ENSEMBLE = "original_seed"  # original_seed1, 2, ...: the seed-ensemble control's extra members
+
+
 def model_names(cfg) -> list[str]:
     return ["original", "object", "parts", "parts_noneg"] + [
-        f"original_seed{s}" for s in range(1, cfg.seed_ensemble)]
+        f"{ENSEMBLE}{s}" for s in range(1, cfg.seed_ensemble)]
+
+
+def ensemble_member(name: str) -> int:
+    """The seed offset of a stage-3 original-image classifier (0 for ``original``, ``object``)."""
+    return int(name[len(ENSEMBLE):]) if name.startswith(ENSEMBLE) else 0
 
 
 def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
@@ -54,15 +62,7 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     return figures
 
 
-def parts_settings(cfg) -> dict[str, Any]:
-    """The parts classifier's settings, under their Config names (``PartsSettings``)."""
-    from ghns.stage3.parts import PartsSettings
-
-    return {k: getattr(cfg, k) for k in PartsSettings.__dataclass_fields__}
-
-
 def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
-    from ghns.raykit import torch_threads_for
     from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
     from ghns.train.runner import fit
 
@@ -71,44 +71,19 @@ def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
     if out.is_file() and history_file.is_file():
         log.info("train-final: %s done already", name)
     else:
-        common = {"num_classes": len(catalog.classes), "output": str(out.resolve()),
-                  "history_file": str(history_file.resolve()), "optimizer": cfg.optimizer,
-                  "weight_decay": cfg.weight_decay, "lr_step": cfg.lr_step_epochs,
-                  "lr_gamma": cfg.lr_gamma, "batch_classes": cfg.batch_classes,
-                  "batch_images": cfg.batch_images, "replace_start_p": cfg.replace_start_p,
-                  "torch_threads": torch_threads_for(cfg.workers)}
+        spec: ImageClassifierSpec | PartsClassifierSpec
         if name.startswith("parts"):
-            loop = parts_classifier_loop
-            config = {**common, **parts_settings(cfg), "embeddings": str(run.embeddings.resolve()),
-                      "negatives": str(run.negatives.resolve()), "use_negatives": name == "parts",
-                      "epochs": cfg.parts_epochs, "seed": cfg.seed}
+            spec = PartsClassifierSpec.from_config(cfg, run, len(catalog.classes),
+                                                   use_negatives=name == "parts", output=out)
+            fit(parts_classifier_loop, spec, cfg, name=f"stage3_{name}", history_file=history_file,
+                epochs=spec.parts.parts_epochs)
         else:
-            backbone = cfg.resolved_backbone()
-            seed = cfg.seed + (int(name.split("seed")[1]) if "seed" in name else 0)
-            localizer = run.path / "localize" / "model.pt"
-            # a pretrained backbone starts from its own weights (the features its linear probe,
-            # the bar, sees); one without weights from the localizer, already a whole-image
-            # classifier of this train split. Either way only the last block trains by default
-            # and the rest is cached once.
-            from ghns.models.backbones import BACKBONES
-
-            weights = BACKBONES[backbone].default_pretrained if cfg.pretrained == "auto" else cfg.pretrained
-            init_from = str(localizer.resolve()) if weights == "none" and localizer.is_file() else None
-            config = {**common, "catalog": str(run.catalog.resolve()),
-                      "localization": str(run.localization.resolve()),
-                      "crop": "object" if name == "object" else "whole",
-                      "image_size": cfg.resolved_localize_size(), "backbone": backbone,
-                      "pretrained": weights, "init_from": init_from,
-                      "frozen_blocks": frozen_blocks_for(
-                          backbone, "localizer" if init_from else weights,
-                          cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0
-                          else cfg.trainable_blocks, pretrained_default=1),
-                      "trunk_cache": str((run.stage3 / "cache").resolve()),
-                      "lam": cfg.lambda_image,
-                      "margin": cfg.triplet_margin, "mining": cfg.triplet_mining,
-                      "epochs": cfg.stage3_epochs, "lr": cfg.stage3_lr, "seed": seed}
-            loop = image_classifier_loop
-        fit(loop, config, cfg, name=f"stage3_{name}")
+            seed = cfg.seed + ensemble_member(name)
+            spec = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes),
+                                                   crop="object" if name == "object" else "whole",
+                                                   seed=seed, output=out)
+            fit(image_classifier_loop, spec, cfg, name=f"stage3_{name}", history_file=history_file,
+                epochs=spec.optim.epochs)
     from ghns.checkpoint import load_checkpoint
 
     history = json.loads(history_file.read_text())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,9 +32,9 @@ from ghns.losses import triplet_loss
 from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
-from ghns.stage1.train import make_optimizer
 from ghns.rundir import atomic_path
-from ghns.train.runner import WorkerContext
+from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.specs import ImageClassifierSpec, ModelSpec, PartsClassifierSpec
 from ghns.train.streams import Streams
 
 
@@ -43,8 +44,11 @@ IMAGE_FORMAT = 2  # format 1 (a 128-d embedding from the localizer's weights) pr
 
 
 def build_image_classifier(settings: dict[str, Any], pretrained: str | None = None) -> ImageClassifier:
-    backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
-    return ImageClassifier(backbone, settings["num_classes"], settings["frozen_blocks"])
+    """The classifier that ``settings`` (what its checkpoint records: ``ModelSpec``'s fields and
+    more) describe, with ``pretrained`` weights instead of its own if given."""
+    spec = ModelSpec.from_settings(settings)
+    return ImageClassifier(create_backbone(spec.backbone, pretrained or spec.pretrained),
+                           spec.num_classes, spec.frozen_blocks)
 
 
 def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
@@ -56,19 +60,19 @@ def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
     return model.eval(), settings
 
 
-def split_images(config: dict[str, Any], split: str, ctx: WorkerContext | None = None):
+def split_images(spec: ImageClassifierSpec, split: str, ctx: WorkerContext | None = None):
     """This worker's share of ``split``: images (whole or object crops), labels, and where the
     share sits in the whole split (``(slice, size of the split)``)."""
-    catalog = Catalog.read(config["catalog"])
+    catalog = Catalog.read(spec.catalog)
     rows = catalog.split(split)
     n = len(rows)
     share = ctx.shard(n) if ctx is not None else slice(0, n)
     rows = rows.iloc[share]
     boxes = None
-    if config["crop"] == "object":
-        loc = pd.read_parquet(config["localization"]).set_index("image_id")
+    if spec.crop == "object":
+        loc = pd.read_parquet(spec.localization).set_index("image_id")
         boxes = [tuple(loc.loc[i, [f"obj_{c}" for c in "xywh"]]) for i in rows["image_id"]]
-    return (load_images(rows, config["image_size"], boxes), torch.tensor(rows["label"].to_numpy()),
+    return (load_images(rows, spec.model.image_size, boxes), torch.tensor(rows["label"].to_numpy()),
             (share, n))
 
 
@@ -80,106 +84,144 @@ def _gather(ctx: WorkerContext, local: torch.Tensor, where: tuple[slice, int]) -
     return ctx.all_reduce(full)
 
 
+@dataclass
+class _Split:
+    """One split's share on this worker: images (or the frozen trunk's outputs), the same of the
+    mirror images, labels, and where the share sits in the whole split."""
+
+    x: torch.Tensor
+    xf: torch.Tensor
+    y: torch.Tensor
+    where: tuple[slice, int]
+
+
+def _start_model(spec: ImageClassifierSpec) -> ImageClassifier:
+    """The classifier before LP-FT: its backbone's own weights, or ``init_from``'s backbone."""
+    model = build_image_classifier(spec.model.to_dict())
+    if spec.init_from:
+        state = load_checkpoint(spec.init_from)["model"]
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.backbone.load_state_dict(backbone)
+    return model
+
+
+def _views(spec: ImageClassifierSpec, ctx: WorkerContext, model: ImageClassifier) -> tuple[_Split, _Split]:
+    """Train and val shares, each image with its mirror image: trunk outputs of both when the
+    trunk is frozen (an exact flip augmentation and flip-averaged features, at one extra trunk
+    pass), else the images."""
+    train_x, train_y, train_where = split_images(spec, "train", ctx)
+    val_x, val_y, val_where = split_images(spec, "val", ctx)
+    if model.frozen_blocks > 0:
+        train_f = _trunk_outputs(model, train_x.flip(-1), ctx, spec.trunk_cache)
+        val_f = _trunk_outputs(model, val_x.flip(-1), ctx, spec.trunk_cache)
+        train_x = _trunk_outputs(model, train_x, ctx, spec.trunk_cache)
+        val_x = _trunk_outputs(model, val_x, ctx, spec.trunk_cache)
+    else:
+        train_f, val_f = train_x.flip(-1), val_x.flip(-1)
+    return _Split(train_x, train_f, train_y, train_where), _Split(val_x, val_f, val_y, val_where)
+
+
 def image_classifier_loop(config: dict[str, Any]) -> None:
     """Linear probe, then fine-tune (LP-FT): the probe of the flip-averaged pooled features of the
     whole train split (L2 chosen on val) is the start and competes with every epoch on val."""
-    from ghns.probe import fit_probe
-
-    ctx = WorkerContext(config)
-    torch.manual_seed(config["seed"] + ctx.rank)
-    train_x, train_y, train_where = split_images(config, "train", ctx)
-    val_x, val_y, val_where = split_images(config, "val", ctx)
-    model = build_image_classifier(config)
-    if config.get("init_from"):
-        state = load_checkpoint(config["init_from"])["model"]
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        model.backbone.load_state_dict(backbone)
+    spec, ctx = ImageClassifierSpec.of(config), WorkerContext(config)
+    torch.manual_seed(spec.seed + ctx.rank)
+    model = _start_model(spec)
     cached = model.frozen_blocks > 0
-    # each image and its mirror image: trunk outputs of both when the trunk is frozen (an exact
-    # flip augmentation and flip-averaged features, at one extra trunk pass), else the images
-    if cached:
-        train_f = _trunk_outputs(model, train_x.flip(-1), ctx, config)
-        val_f = _trunk_outputs(model, val_x.flip(-1), ctx, config)
-        train_x, val_x = _trunk_outputs(model, train_x, ctx, config), _trunk_outputs(model, val_x, ctx, config)
-    else:
-        train_f, val_f = train_x.flip(-1), val_x.flip(-1)
+    train, val = _views(spec, ctx, model)
     model.to(ctx.device)
 
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return (x.float() if cached else to_float(x)).to(ctx.device, non_blocking=True)
 
-    @torch.no_grad()
-    def pooled(x: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        return torch.cat([((model.pooled(inputs(x[i:i + 128]), cached)
-                            + model.pooled(inputs(xf[i:i + 128]), cached)) / 2).cpu()
-                          for i in range(0, len(x), 128)]) if len(x) else torch.zeros(0, model.mean.numel())
-
     def val_accuracy() -> tuple[float, torch.Tensor]:
-        return _correct(lambda i: model.flip_averaged_logits(inputs(val_x[i]), inputs(val_f[i]), cached),
-                        torch.arange(len(val_y)), val_y, ctx, val_where)
+        return _correct(lambda i: model.flip_averaged_logits(inputs(val.x[i]), inputs(val.xf[i]), cached),
+                        torch.arange(len(val.y)), val.y, ctx, val.where)
 
     net = ctx.wrap(model)
-    opt, sched = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    best = KeepBest(config.get("replace_start_p", 1.0))
-    seed = config["seed"] * 1000 + ctx.rank
+    opt, sched = spec.optim.build([p for p in model.parameters() if p.requires_grad])
+    best = KeepBest(spec.replace_start_p)
+    seed = spec.seed * 1000 + ctx.rank
     streams = Streams(seed)
     start = _restore(ctx, model, opt, sched, best, streams, old_seed=lambda start: seed + 17 * start)
     if start == 0:  # LP: the probe on the whole train split, the same on every worker
-        probe = fit_probe(_gather(ctx, pooled(train_x, train_f), train_where),
-                          _gather(ctx, train_y, train_where), _gather(ctx, pooled(val_x, val_f), val_where),
-                          _gather(ctx, val_y, val_where), config["num_classes"])
-        model.start_from(probe)
+        _start_from_probe(model, train, val, ctx, inputs, spec.model.num_classes)
         acc, correct = val_accuracy()
         best.update(model, acc, -1, correct)
-    gen = streams.torch
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
-    lam = config["lam"]
-
-    def batch(idx: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(len(idx), generator=gen) < 0.5
-        x = inputs(torch.where(flip.view(-1, *[1] * (train_x.dim() - 1)), train_f[idx], train_x[idx]))
-        return x if cached else augment(x, gen, flip=False, max_shift=0.1)
-
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(start, spec.optim.epochs):
         ctx.fail_once(epoch)
         t0 = time.perf_counter()
-        net.train()
-        if cached:  # a frozen trunk, and the batch-norm statistics of the blocks that train
-            # kept too: P-K batches of 32 images from 8 classes are too few and too skewed to
-            # re-estimate them (on CUB-50 the first epoch fell from the probe's ~95 val top-1 to
-            # 58-81 with them updating, to 93 without)
-            for module in model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        sums = torch.zeros(4)
-        batches = list(pk_batches(train_y, config["batch_classes"], config["batch_images"], gen))
-        for idx in batches[:ctx.common_steps(len(batches))]:
-            y = train_y[idx].to(ctx.device)
-            with autocast:
-                emb, logits = net(batch(idx), cached=cached)
-                l_cls = F.cross_entropy(logits.float(), y)
-                l_tri = triplet_loss(emb.float(), y, config["margin"], config["mining"])
-                loss = lam * l_cls + (1 - lam) * l_tri
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.tensor([loss.item(), l_cls.item(), l_tri.item(), 1.0])
+        metrics = _image_epoch(spec, ctx, net, model, opt, train, inputs, streams.torch)
         sched.step()
-        sums = ctx.all_reduce(sums)
-        metrics = dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
         model.eval()
         metrics["val_acc"], correct = val_accuracy()
         best.update(model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
-        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": epoch,
-                             "best": best.dump(), "streams": streams.state()})
+        ctx.report(metrics, training_state(model, opt, sched, epoch, streams, best))
     if ctx.is_main:
-        keys = ("backbone", "pretrained", "num_classes", "frozen_blocks", "image_size", "crop")
         kept = best.apply(model)
-        save_checkpoint(config["output"], model, {**{k: config[k] for k in keys}, "format": IMAGE_FORMAT,
-                                        "epoch_kept": kept, "val_accuracy": best.acc})
+        save_checkpoint(spec.output, model, {**spec.model.to_dict(), "crop": spec.crop, "format": IMAGE_FORMAT,
+                                             "epoch_kept": kept, "val_accuracy": best.acc})
+
+
+def _start_from_probe(model: ImageClassifier, train: _Split, val: _Split, ctx: WorkerContext,
+                      inputs: Callable[[torch.Tensor], torch.Tensor], num_classes: int) -> None:
+    """LP: the linear probe of the flip-averaged pooled features of the whole train split (L2
+    chosen on val), fitted the same on every worker, becomes the classifier's head."""
+    from ghns.probe import fit_probe
+
+    cached = model.frozen_blocks > 0
+
+    @torch.no_grad()
+    def pooled(split: _Split) -> torch.Tensor:
+        model.eval()
+        x, xf = split.x, split.xf
+        return torch.cat([((model.pooled(inputs(x[i:i + 128]), cached)
+                            + model.pooled(inputs(xf[i:i + 128]), cached)) / 2).cpu()
+                          for i in range(0, len(x), 128)]) if len(x) else torch.zeros(0, model.mean.numel())
+
+    probe = fit_probe(_gather(ctx, pooled(train), train.where), _gather(ctx, train.y, train.where),
+                      _gather(ctx, pooled(val), val.where), _gather(ctx, val.y, val.where), num_classes)
+    model.start_from(probe)
+
+
+def _image_epoch(spec: ImageClassifierSpec, ctx: WorkerContext, net, model: ImageClassifier, opt,
+                 train: _Split, inputs: Callable[[torch.Tensor], torch.Tensor],
+                 gen: torch.Generator) -> dict[str, float]:
+    """One epoch of ``lambda_image * L_cls + (1 - lambda_image) * L_triplet`` on P-K batches, each
+    image or its mirror image at random; the mean losses over workers."""
+    cached = model.frozen_blocks > 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
+    lam = spec.lambda_image
+    net.train()
+    if cached:  # a frozen trunk, and the batch-norm statistics of the blocks that train kept
+        # too: P-K batches of 32 images from 8 classes are too few and too skewed to re-estimate
+        # them (on CUB-50 the first epoch fell from the probe's ~95 val top-1 to 58-81 with them
+        # updating, to 93 without)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = inputs(torch.where(flip.view(-1, *[1] * (train.x.dim() - 1)), train.xf[idx], train.x[idx]))
+        return x if cached else augment(x, gen, flip=False, max_shift=0.1)
+
+    sums = torch.zeros(4)
+    batches = list(pk_batches(train.y, spec.batch_classes, spec.batch_images, gen))
+    for idx in batches[:ctx.common_steps(len(batches))]:
+        y = train.y[idx].to(ctx.device)
+        with autocast:
+            emb, logits = net(batch(idx), cached=cached)
+            l_cls = F.cross_entropy(logits.float(), y)
+            l_tri = triplet_loss(emb.float(), y, spec.triplet_margin, spec.triplet_mining)
+            loss = lam * l_cls + (1 - lam) * l_tri
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sums += torch.tensor([loss.item(), l_cls.item(), l_tri.item(), 1.0])
+    sums = ctx.all_reduce(sums)
+    return dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
 
 
 def cpu_layout(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
@@ -192,9 +234,9 @@ def cpu_layout(model: torch.nn.Module, device: torch.device) -> torch.memory_for
 
 
 def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext,
-                   config: dict[str, Any]) -> torch.Tensor:
-    """The frozen blocks' outputs (half precision) for ``images``, computed once. With
-    ``config["trunk_cache"]`` they are kept on disk under a key of the frozen weights and the
+                   cache: str | None = None) -> torch.Tensor:
+    """The frozen blocks' outputs (half precision) for ``images``, computed once. With a
+    ``cache`` folder they are kept on disk under a key of the frozen weights and the
     pixels themselves, so classifiers that start from the same frozen weights and read the same
     images (the original classifier and its seed-ensemble copies) share one pass, and a changed
     crop, size or shard can never read another's entry. The model takes the CPU layout here
@@ -206,11 +248,11 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
     if not len(images):
         return images
     path = None
-    if config.get("trunk_cache"):
+    if cache:
         key = hashlib.sha1(model.trunk_digest().encode())
         key.update(str(tuple(images.shape)).encode())
         key.update(images.contiguous().numpy().tobytes())
-        path = Path(config["trunk_cache"]) / f"{key.hexdigest()[:20]}.pt"
+        path = Path(cache) / f"{key.hexdigest()[:20]}.pt"
         if path.is_file():
             try:
                 return torch.load(path, map_location="cpu")
@@ -229,58 +271,41 @@ def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerCont
 
 def parts_classifier_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the parts classifier (``ghns.stage3.parts`` does the work)."""
-    from ghns.stage3.parts import (FORMAT, NegativeBank, PartsData, PartsSettings,
-                                   fit_parts_classifier, parts_probe)
+    from ghns.stage3.parts import FORMAT, NegativeBank, PartsData, fit_parts_classifier, parts_probe
 
-    ctx = WorkerContext(config)
-    data = PartsData.read(Path(config["embeddings"]))
-    probe = parts_probe(data, config["num_classes"])  # on the whole train split, before sharding
+    spec, ctx = PartsClassifierSpec.of(config), WorkerContext(config)
+    data = PartsData.read(Path(spec.embeddings))
+    probe = parts_probe(data, spec.num_classes)  # on the whole train split, before sharding
     shard = ctx.shard(len(data.train_y))
     data.train_x, data.train_y, data.train_ids = (data.train_x[shard], data.train_y[shard],
                                                   data.train_ids[shard])
     dim = data.train_x.shape[1]
-    bank = (NegativeBank.read(Path(config["negatives"]), dim) if config["use_negatives"]
-            else NegativeBank.empty(dim))
-    settings = PartsSettings.from_dict(config)
+    bank = NegativeBank.read(Path(spec.negatives), dim) if spec.use_negatives else NegativeBank.empty(dim)
 
     def on_epoch(metrics, model, opt, sched, best, streams) -> None:
         ctx.fail_once(metrics["epoch"] + 1)
-        ctx.report(metrics, {"model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "epoch": metrics["epoch"],
-                             "best": best.dump(), "streams": streams.state()})
+        ctx.report(metrics, training_state(model, opt, sched, metrics["epoch"], streams, best))
 
     ctx.fail_once(0)
     model, best = fit_parts_classifier(
-        data, bank, settings, config["num_classes"], config["seed"], config["use_negatives"],
+        data, bank, spec.parts, spec.num_classes, spec.seed, spec.use_negatives,
         device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
         common_steps=ctx.common_steps, restore=lambda *args, **kw: _restore(ctx, *args, **kw),
         on_epoch=on_epoch, probe=probe)
     if ctx.is_main:
         out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,
-               "num_classes": config["num_classes"], "hidden": settings.parts_hidden,
+               "num_classes": spec.num_classes, "hidden": spec.parts.parts_hidden,
                "epoch_kept": best.epoch, "val_accuracy": best.acc}
-        save_checkpoint(config["output"], model, out)
+        save_checkpoint(spec.output, model, out)
 
 
 # -- shared ----------------------------------------------------------------------------------
 
 def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest", streams: Streams,
              old_seed: Callable[[int], int]) -> int:
-    """Load the last checkpoint into the arguments; returns the epoch to start from. A checkpoint
-    of an older ghns (no saved streams) continues with fresh streams seeded ``old_seed(start)``."""
-    state = ctx.restore()
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    best.load(state.get("best"))
-    start = state["epoch"] + 1
-    if "streams" in state:
-        streams.load(state["streams"])
-    else:
-        streams.reseed(old_seed(start))
-    return start
+    """Load the last checkpoint into the arguments (``ghns.train.runner.resume``); returns the
+    epoch to start from."""
+    return resume(ctx.restore(), model, opt, sched, streams, best=best, old_seed=old_seed)
 
 
 class KeepBest:

@@ -3,7 +3,7 @@
 ``fit`` builds a ``TorchTrainer`` whose run state lives in ``<run_dir>/ray/<name>``. A worker
 that dies is restarted from the last reported checkpoint (``FailureConfig``), and calling
 ``fit`` again with the same name after an interrupted run resumes from that checkpoint too
-(Train V2 restores the run from its storage), so at most ``REPORT_SECONDS`` of finished epochs
+(Train V2 restores the run from its storage), so at most ``WorkerSpec.report_seconds`` of finished epochs
 are trained twice.
 
 Loops use ``WorkerContext`` for what differs between the two worlds: rank, world size, device,
@@ -27,12 +27,12 @@ import torch
 from ghns.checkpoint import load_checkpoint
 from ghns.errors import GHNSError
 from ghns.rundir import atomic_write_text
+from ghns.train.specs import Spec, WorkerSpec, to_loop_config, worker_of
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
 USER_ERROR_FILE = "ghns_error.json"  # a worker's GHNSError, for the driver to raise as its own
-REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
 
 
 @dataclass
@@ -41,12 +41,16 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
-def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: str) -> FitResult:
-    """Run ``loop(loop_config)`` on ``cfg.workers`` Ray Train workers; return the last metrics."""
+def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg, name: str,
+        history_file: Path | None = None, **worker: Any) -> FitResult:
+    """Run ``loop`` on ``cfg.workers`` Ray Train workers with ``spec`` (the loop's settings: a
+    ``Spec``, or a plain dict for tests' own loops) and the runner's settings (``WorkerSpec``:
+    ``history_file``, ``epochs``, and for tests ``report_seconds`` or fault injection); return
+    the last metrics and the history."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ghns.raykit import ensure_ray, resolve_device
+    from ghns.raykit import ensure_ray, resolve_device, torch_threads_for
 
     ensure_ray(cfg)
     device = resolve_device(cfg)
@@ -55,10 +59,15 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
     cpus = 1.0 if device == "cuda" else max(1.0, float(os.cpu_count() or 1) // max(1, cfg.workers))
     error_file = storage / name / USER_ERROR_FILE
     error_file.unlink(missing_ok=True)
+    history = Path(history_file).resolve() if history_file else storage / name / "history.json"
+    settings = WorkerSpec(**{"device": device, "error_file": str(error_file), "run_name": name,
+                             "progress": not getattr(cfg, "quiet", False),
+                             "torch_threads": torch_threads_for(cfg.workers),
+                             "history_file": str(history), **worker})
+    loop_config = to_loop_config(spec, settings)
     trainer = TorchTrainer(
         _stops_on_user_errors(loop),
-        train_loop_config={**loop_config, "device": device, "_error_file": str(error_file),
-                           "progress": not getattr(cfg, "quiet", False), "run_name": name},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=device == "cuda",
                                                resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend=torch_backend(device)),
@@ -79,24 +88,25 @@ def fit(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg, name: st
     _raise_user_error(error_file)
     if result.error is not None:  # pragma: no cover - Train V2 raises before this
         raise result.error
-    history_file = Path(loop_config.get("history_file") or storage / name / "history.json")
-    history = json.loads(history_file.read_text()) if history_file.is_file() else []
-    return FitResult(dict(result.metrics or {}), history)
+    found = json.loads(history.read_text()) if history.is_file() else []
+    return FitResult(dict(result.metrics or {}), found)
 
 
 def _stops_on_user_errors(loop: Callable[[dict], None]) -> Callable[[dict], None]:
     """``loop`` as a Ray Train function whose ``GHNSError`` (a user mistake: it would fail the
-    same way again) is written to ``config["_error_file"]`` for the driver, and whose restart after
-    one returns at once: the retries Ray Train spends on it redo no work."""
+    same way again) is written to the worker settings' ``error_file`` for the driver, and whose
+    restart after one returns at once: the retries Ray Train spends on it redo no work."""
 
     def run(config: dict) -> None:
-        marker = Path(config["_error_file"])
-        if marker.is_file():
+        error_file = worker_of(config).error_file
+        marker = Path(error_file) if error_file else None
+        if marker is not None and marker.is_file():
             return
         try:
             loop(config)
         except GHNSError as exc:
-            atomic_write_text(marker, json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+            if marker is not None:
+                atomic_write_text(marker, json.dumps({"type": type(exc).__name__, "message": str(exc)}))
             raise
 
     return run
@@ -143,37 +153,67 @@ def _tune_callbacks() -> list:
     return [TuneReportCallback()]
 
 
+def training_state(model, opt, sched, epoch: int, streams, best=None) -> dict[str, Any]:
+    """What a loop reports as its checkpoint after ``epoch``: weights, optimiser, schedule, random
+    streams (``ghns.train.streams``) and, where the loop keeps one, its best epoch (``KeepBest``)."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "epoch": epoch, "streams": streams.state()}
+    if best is not None:
+        state["best"] = best.dump()
+    return state
+
+
+def resume(state: dict[str, Any] | None, model, opt, sched, streams, best=None,
+           old_seed: Callable[[int], int] | None = None) -> int:
+    """Load a ``training_state`` into the arguments; returns the epoch to start from (0 without
+    one). A checkpoint of an older ghns (no saved streams) continues with the streams reseeded
+    ``old_seed(start)`` (what that version did), or as they are when ``old_seed`` is None."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    if best is not None:
+        best.load(state.get("best"))
+    start = state["epoch"] + 1
+    if "streams" in state:
+        streams.load(state["streams"])
+    elif old_seed is not None:
+        streams.reseed(old_seed(start))
+    return start
+
+
 class WorkerContext:
     """What a loop needs from Ray Train, usable outside Ray too (``in_ray=False``) for tests."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any] | WorkerSpec) -> None:
+        """``config``: a loop config (``ghns.train.specs.to_loop_config``) or the runner's
+        settings themselves."""
         import ray.train
 
-        self.config = config
+        self.settings = config if isinstance(config, WorkerSpec) else worker_of(config)
         self.in_ray = True
         try:
             ctx = ray.train.get_context()
             self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         except Exception:  # noqa: BLE001 - not inside a Ray Train worker
             self.in_ray, self.rank, self.world = False, 0, 1
-        want = config.get("device", "cpu")
-        if want == "cuda" and torch.cuda.is_available():
+        if self.settings.device == "cuda" and torch.cuda.is_available():
             import ray.train.torch as rtt
 
             self.device = rtt.get_device() if self.in_ray else torch.device("cuda")
         else:
             self.device = torch.device("cpu")
-            threads = config.get("torch_threads")
-            if threads:
-                torch.set_num_threads(int(threads))
-        self.amp = self.device.type == "cuda" and config.get("amp", True)
-        self.history_file = config.get("history_file")
+            if self.settings.torch_threads:
+                torch.set_num_threads(int(self.settings.torch_threads))
+        self.amp = self.device.type == "cuda" and self.settings.amp
+        self.history_file = self.settings.history_file
         _quiet_ray_train_worker()
-        self.epochs = config.get("epochs")
-        self.report_seconds = float(config.get("report_seconds", REPORT_SECONDS))
+        self.epochs = self.settings.epochs
+        self.report_seconds = float(self.settings.report_seconds)
         self._last_report = time.monotonic()
-        self.progress = bool(config.get("progress", False))
-        self.run_name = str(config.get("run_name", "training"))
+        self.progress = self.settings.progress
+        self.run_name = self.settings.run_name
         self._epoch_clock = time.monotonic()
 
     @property
@@ -233,7 +273,7 @@ class WorkerContext:
     def fail_once(self, epoch: int) -> None:
         """Fault injection for tests of resumption: with ``fail_once_at_epoch`` in the loop config,
         the main worker dies (hard exit) at the start of that epoch, once (a marker file remembers)."""
-        at, marker = self.config.get("fail_once_at_epoch"), self.config.get("fail_marker")
+        at, marker = self.settings.fail_once_at_epoch, self.settings.fail_marker
         if at is None or epoch != at or not self.is_main or not marker or Path(marker).exists():
             return
         Path(marker).write_text("failed once")

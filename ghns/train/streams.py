@@ -45,17 +45,3 @@ class Streams:
         cuda = state.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-
-    @classmethod
-    def resume(cls, seed: int, checkpoint: dict[str, Any] | None, old_seed: int | None = None) -> "Streams":
-        """The streams to continue from: those saved in ``checkpoint``; fresh ones seeded with
-        ``seed`` without a checkpoint; and for a checkpoint saved before streams were (an older
-        ghns), fresh ones seeded with ``old_seed`` (what that version did), else ``seed``."""
-        if checkpoint is None:
-            return cls(seed)
-        saved = checkpoint.get("streams")
-        if saved is None:
-            return cls(seed if old_seed is None else old_seed)
-        streams = cls(seed)
-        streams.load(saved)
-        return streams

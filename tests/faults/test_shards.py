@@ -10,6 +10,7 @@ import torch
 
 from ghns.config import Config
 from ghns.train.runner import WorkerContext, fit
+from ghns.train.specs import WorkerSpec
 
 pytestmark = pytest.mark.faults
 
@@ -18,7 +19,7 @@ def test_shards_interleave_and_cover_every_item_once():
     labels = [c for c in range(5) for _ in range(19)]  # 95 items ordered by class
     shares = []
     for rank in range(2):
-        ctx = WorkerContext({})
+        ctx = WorkerContext(WorkerSpec())
         ctx.rank, ctx.world = rank, 2
         shares.append(list(range(95))[ctx.shard(95)])
     assert sorted(shares[0] + shares[1]) == list(range(95))
@@ -51,8 +52,8 @@ def test_two_workers_with_an_uneven_split_finish(tmp_path, ray_session):
     old = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(420)
     try:
-        result = fit(_uneven_loop, {"epochs": 1, "history_file": str(tmp_path / "history.json")}, Config(run_dir=str(tmp_path / "run"), workers=2,
-                                                         device="cpu"), name="uneven")
+        result = fit(_uneven_loop, {}, Config(run_dir=str(tmp_path / "run"), workers=2, device="cpu"),
+                     name="uneven", history_file=tmp_path / "history.json", epochs=1)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)

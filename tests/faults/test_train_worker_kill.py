@@ -29,8 +29,8 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
         run_dir=str(run), stage3_epochs=8, seed_ensemble=1, max_failures=1)
     original = runner.fit
 
-    def fit_every_epoch(loop, loop_config, cfg, name):  # a checkpoint at every epoch
-        return original(loop, {**loop_config, "report_seconds": 0}, cfg, name)
+    def fit_every_epoch(loop, spec, cfg, name, **worker):  # a checkpoint at every epoch
+        return original(loop, spec, cfg, name, **worker, report_seconds=0)
 
     monkeypatch.setattr(runner, "fit", fit_every_epoch)
     history = run / "stage3" / "original.history.json"

@@ -18,7 +18,7 @@ def test_a_worker_ghns_error_is_one_line_and_not_retried(tmp_path, ray_session, 
     attempts = tmp_path / "attempts.txt"
 
     def loop(config: dict) -> None:
-        with open(config["attempts"], "a") as f:
+        with open(config["spec"]["attempts"], "a") as f:
             f.write("started\n")
         raise StageError("the widget file is malformed (line 3)")
 

@@ -30,6 +30,7 @@ def test_two_workers_train_with_gloo(ray_session, tmp_path):
 
     history = _train_parts(cfg, RunDir(cfg.run_dir), Catalog.read(RunDir(cfg.run_dir).catalog), False)
     assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(h["workers"] == 2 for h in history)  # a real group of two, each on half the split
     assert RunDir(cfg.run_dir).part_networks.is_file()
 
 
@@ -41,9 +42,9 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_session, tmp_path
     run = RunDir(cfg.run_dir)
     original = runner.fit
 
-    def fit_with_fault(loop, loop_config, cfg, name):
-        return original(loop, {**loop_config, "fail_once_at_epoch": 2, "report_seconds": 0,
-                               "fail_marker": str(tmp_path / "failed-once")}, cfg, name)
+    def fit_with_fault(loop, spec, cfg, name, **worker):
+        return original(loop, spec, cfg, name, **worker, fail_once_at_epoch=2, report_seconds=0,
+                        fail_marker=str(tmp_path / "failed-once"))
 
     monkeypatch.setattr(runner, "fit", fit_with_fault)
     history = _train_parts(cfg, run, Catalog.read(run.catalog), False)

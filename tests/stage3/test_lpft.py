@@ -13,34 +13,39 @@ from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.probe import fit_probe
 from ghns.stage3.train import build_image_classifier, image_classifier_loop, load_image_classifier
+from ghns.train.specs import ImageClassifierSpec, ModelSpec, OptimSpec, WorkerSpec, to_loop_config
 
 
-def _config(run, tmp_path, frozen: int) -> dict:
-    return {"catalog": str(run / "catalog.parquet"), "localization": str(run / "localization.parquet"),
-            "crop": "whole", "image_size": 48, "backbone": "tiny_cnn", "pretrained": "none",
-            "init_from": str(run / "localize" / "model.pt"), "frozen_blocks": frozen,
-            "trunk_cache": None, "lam": 0.8, "margin": 0.2, "mining": "hard", "epochs": 1,
-            "lr": 1e4, "seed": 0, "num_classes": 4, "output": str(tmp_path / "m.pt"),
-            "history_file": str(tmp_path / "h.json"), "optimizer": "sgd", "weight_decay": 0.0,
-            "lr_step": 40, "lr_gamma": 0.1, "batch_classes": 2, "batch_images": 2, "torch_threads": 1}
+def _spec(run, tmp_path, frozen: int) -> ImageClassifierSpec:
+    return ImageClassifierSpec(
+        model=ModelSpec(backbone="tiny_cnn", pretrained="none", num_classes=4, frozen_blocks=frozen,
+                        image_size=48),
+        optim=OptimSpec(lr=1e4, epochs=1, optimizer="sgd", weight_decay=0.0, lr_step_epochs=40,
+                        lr_gamma=0.1),
+        catalog=str(run / "catalog.parquet"), localization=str(run / "localization.parquet"),
+        output=str(tmp_path / "m.pt"), crop="whole", seed=0, lambda_image=0.8, triplet_margin=0.2,
+        triplet_mining="hard", batch_classes=2, batch_images=2,
+        init_from=str(run / "localize" / "model.pt"), trunk_cache=None)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("frozen", [0, 2])
 def test_start_is_the_probe_and_is_kept_when_fine_tuning_is_worse(tiny_run, tmp_path, frozen):
-    config = _config(tiny_run, tmp_path, frozen)
-    image_classifier_loop(config)
-    model, settings = load_image_classifier(config["output"])
+    spec = _spec(tiny_run, tmp_path, frozen)
+    image_classifier_loop(to_loop_config(spec, WorkerSpec(history_file=str(tmp_path / "h.json"),
+                                                          torch_threads=1, epochs=1)))
+    model, settings = load_image_classifier(spec.output)
     history = json.loads((tmp_path / "h.json").read_text())
     assert settings["epoch_kept"] == -1  # lr 1e4 wrecks the first epoch
     assert history[0]["val_acc"] <= settings["val_accuracy"]
 
     # the probe by hand: flip-averaged pooled features of the starting network
-    start = build_image_classifier(config)
-    state = torch.load(config["init_from"], weights_only=True)["model"]
+    start = build_image_classifier(spec.model.to_dict())
+    assert spec.init_from
+    state = torch.load(spec.init_from, weights_only=True)["model"]
     start.backbone.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})
     start.eval()
-    catalog = Catalog.read(config["catalog"])
+    catalog = Catalog.read(spec.catalog)
 
     def feats(split):
         rows = catalog.split(split)

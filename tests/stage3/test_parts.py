@@ -1,5 +1,5 @@
-"""The parts classifier's pieces: the metric term against a brute-force loop, the bank prefix,
-and one training run (deterministic; the control arm ignores the bank)."""
+"""The parts classifier's pieces: the bank prefix and training runs (deterministic; the control
+arm ignores the bank). The metric term of Eq. 10 is tested in ``tests/test_losses.py``."""
 
 from __future__ import annotations
 
@@ -7,38 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ghns.losses import batch_hardest
 from ghns.stage3.parts import (NegativeBank, PartsData, PartsSettings, build_parts_classifier,
-                               fit_parts_classifier, parts_metric_loss, parts_probe)
-
-
-def brute_metric(f, y, f_plus, anchors, m1, m2, per_anchor):
-    p_idx, n_idx = batch_hardest(f, y)
-    d = lambda a, b: float(((a - b) ** 2).sum())  # noqa: E731
-    total = 0.0
-    for i in range(len(y)):
-        rows = [j for j, a in enumerate(anchors) if a == i]
-        r, p, n = f[i], f[p_idx[i]], f[n_idx[i]]
-        if rows:
-            for j in rows:
-                total += (0.5 * max(0.0, d(r, p) - d(r, f_plus[j]) + m1 - m2)
-                          + 0.5 * max(0.0, d(r, f_plus[j]) - d(r, n) + m2)) / per_anchor
-        else:
-            total += 0.5 * max(0.0, d(r, p) - d(r, n) + m1)
-    return total / len(y)
-
-
-@pytest.mark.parametrize("per_anchor", [1, 2])
-def test_metric_term_brute_force(per_anchor):
-    torch.manual_seed(0)
-    f = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
-    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    anchors = np.repeat(np.array([0, 3, 5]), per_anchor)
-    f_plus = torch.nn.functional.normalize(torch.randn(len(anchors), 4), dim=1)
-    got = parts_metric_loss(f, y, f_plus, anchors, 0.4, 0.2, per_anchor)
-    assert got.item() == pytest.approx(brute_metric(f, y, f_plus, anchors, 0.4, 0.2, per_anchor), rel=1e-5)
-    none = parts_metric_loss(f, y, f_plus[:0], np.zeros(0, np.int64), 0.4, 0.2)
-    assert none.item() == pytest.approx(brute_metric(f, y, f_plus[:0], [], 0.4, 0.2, 1), rel=1e-5)
+                               fit_parts_classifier, parts_probe)
 
 
 def test_bank_prefix_is_the_first_negatives_of_each_class(tmp_path):
@@ -191,9 +161,25 @@ def test_streams_survive_a_weights_only_checkpoint():
     torch.save({"streams": streams.state()}, buf)
     want = (torch.randint(0, 10**6, (4,), generator=streams.torch), streams.numpy.integers(10**6, size=4),
             torch.rand(4))
-    back = Streams.resume(0, torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    back = Streams(0)
+    back.load(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["streams"])
     got = (torch.randint(0, 10**6, (4,), generator=back.torch), back.numpy.integers(10**6, size=4),
            torch.rand(4))
     assert torch.equal(want[0], got[0]) and (want[1] == got[1]).all() and torch.equal(want[2], got[2])
-    assert Streams.resume(5, None).numpy.integers(10**6) == Streams(5).numpy.integers(10**6)
-    assert Streams.resume(5, {"epoch": 3}, old_seed=9).numpy.integers(10**6) == Streams(9).numpy.integers(10**6)
+
+
+def test_resume_loads_a_training_state_and_reseeds_an_old_one():
+    from ghns.train.runner import resume, training_state
+    from ghns.train.streams import Streams
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    streams = Streams(5)
+    assert resume(None, model, opt, sched, streams) == 0
+    state = training_state(model, opt, sched, 3, streams)
+    assert resume(state, model, opt, sched, Streams(1)) == 4
+    old = {k: v for k, v in state.items() if k != "streams"}  # an older ghns: no streams saved
+    again = Streams(1)
+    assert resume(old, model, opt, sched, again, old_seed=lambda start: 9 + start) == 4
+    assert again.numpy.integers(10**6) == Streams(13).numpy.integers(10**6)

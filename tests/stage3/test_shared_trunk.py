@@ -36,7 +36,7 @@ def test_digest_follows_frozen_weights_only():
 
 def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
     images = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
-    config = {"trunk_cache": str(tmp_path)}
+    config = str(tmp_path)  # the trunk cache folder
     ctx = WorkerContext({})
     a = _classifier(3)
     first = _trunk_outputs(a, images, ctx, config)
@@ -61,7 +61,7 @@ def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
 
 def test_torn_cache_file_is_recomputed(tmp_path):
     images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
-    config = {"trunk_cache": str(tmp_path)}
+    config = str(tmp_path)  # the trunk cache folder
     a, ctx = _classifier(2), WorkerContext({})
     first = _trunk_outputs(a, images, ctx, config)
     (path,) = tmp_path.glob("*.pt")

@@ -1,0 +1,303 @@
+"""Typed settings of the training loops: one frozen dataclass per loop, built from the Config by
+``from_config(cfg, run, ...)``, handed to Ray Train as a plain dict (``to_loop_config``) and
+rebuilt by the loop first thing (``of(loop_config)``).
+
+Field names are the Config names they come from (``part_area``, ``triplet_margin``,
+``lambda_image``, ``lr_step_epochs``), so grepping a Config field finds its reader. Nested:
+
+* ``ModelSpec``: what builds a backbone-based model (and what its checkpoint records);
+* ``OptimSpec``: the optimiser, its schedule and the number of epochs;
+* ``WorkerSpec``: what the runner's ``WorkerContext`` needs (device, threads, history file,
+  progress lines, fault injection for tests); the same for every loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+SPEC, WORKER = "spec", "worker"  # the two entries of a loop config
+REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
+
+S = TypeVar("S", bound="Spec")
+
+
+class Spec:
+    """``to_dict`` / ``from_dict`` for nested frozen dataclasses (JSON-able, for Ray)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[S], values: dict[str, Any]) -> S:
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown settings {unknown}")
+        out = {}
+        for name, value in values.items():
+            kind = hints[name]
+            out[name] = kind.from_dict(value) if isinstance(kind, type) and issubclass(kind, Spec) \
+                and isinstance(value, dict) else value
+        return cls(**out)
+
+    @classmethod
+    def of(cls: type[S], loop_config: dict[str, Any]) -> S:
+        """The spec inside a loop config made by ``to_loop_config``."""
+        return cls.from_dict(loop_config[SPEC])
+
+
+@dataclass(frozen=True)
+class WorkerSpec(Spec):
+    """The runner's settings for one training run (``ghns.train.runner.WorkerContext``)."""
+
+    device: str = "cpu"
+    torch_threads: int | None = None
+    amp: bool = True
+    history_file: str | None = None
+    epochs: int | None = None
+    report_seconds: float = REPORT_SECONDS
+    progress: bool = False
+    run_name: str = "training"
+    error_file: str | None = None
+    fail_once_at_epoch: int | None = None  # fault injection (tests): the main worker dies once
+    fail_marker: str | None = None
+
+
+def to_loop_config(spec: Spec | dict[str, Any], worker: WorkerSpec) -> dict[str, Any]:
+    """What Ray Train passes to ``train_loop_per_worker``: plain dicts (a dict ``spec``, for
+    tests' own loops, as it is)."""
+    return {SPEC: spec.to_dict() if isinstance(spec, Spec) else spec, WORKER: worker.to_dict()}
+
+
+def worker_of(loop_config: dict[str, Any]) -> WorkerSpec:
+    return WorkerSpec.from_dict(loop_config.get(WORKER) or {})
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    """A backbone-based model: the keys its checkpoint's settings keep (flat, as before specs)."""
+
+    backbone: str
+    pretrained: str
+    num_classes: int
+    frozen_blocks: int
+    image_size: int
+
+    @classmethod
+    def for_backbone(cls, cfg, num_classes: int, image_size: int, trainable_blocks: int,
+                     pretrained_default: int = 0, weights: str | None = None,
+                     freeze_as: str | None = None) -> "ModelSpec":
+        """The config's backbone with ``weights`` (the config's ``pretrained`` if None), its
+        leading blocks frozen as ``frozen_blocks_for`` says for a backbone with ``freeze_as``
+        weights (``weights`` if None) and ``trainable_blocks``."""
+        from ghns.models.backbones import frozen_blocks_for
+
+        backbone = cfg.resolved_backbone()
+        weights = cfg.pretrained if weights is None else weights
+        frozen = frozen_blocks_for(backbone, freeze_as or weights, trainable_blocks, pretrained_default)
+        return cls(backbone, weights, num_classes, frozen, image_size)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "ModelSpec":
+        """From a checkpoint's settings (which may hold more keys)."""
+        return cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class OptimSpec(Spec):
+    """The optimiser (``sgd`` or ``adamw``), a step schedule, the epochs."""
+
+    lr: float
+    epochs: int
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    lr_step_epochs: int = 10**9
+    lr_gamma: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg, lr: float, epochs: int) -> "OptimSpec":
+        return cls(lr=lr, epochs=epochs, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                   lr_step_epochs=cfg.lr_step_epochs, lr_gamma=cfg.lr_gamma)
+
+    def build(self, params) -> tuple[Any, Any]:
+        """(optimiser, step schedule) over ``params``: SGD (momentum 0.9) or AdamW."""
+        import torch
+
+        opt: torch.optim.Optimizer
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
+
+
+def _path(p: Path) -> str:
+    return str(Path(p).resolve())
+
+
+@dataclass(frozen=True)
+class LocalizerSpec(Spec):
+    """The localizer (``ghns.localize.train.localizer_loop``): AdamW with a one-cycle schedule
+    (``optim.optimizer`` and the step schedule are not used)."""
+
+    model: ModelSpec
+    optim: OptimSpec
+    catalog: str
+    output: str
+    seed: int
+    batch_size: int
+    part_compactness: float
+    part_presence: float
+    part_separation: float
+    part_area: float
+    part_min_area: float
+
+    @classmethod
+    def from_config(cls, cfg, run, num_classes: int) -> "LocalizerSpec":
+        return cls(
+            model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_localize_size(),
+                                         cfg.localize_trainable_blocks),
+            optim=OptimSpec(lr=cfg.localize_lr, epochs=cfg.localize_epochs),
+            catalog=_path(run.catalog), output=_path(run.path / "localize" / "model.pt"),
+            seed=cfg.seed, batch_size=cfg.batch_size, part_compactness=cfg.part_compactness,
+            part_presence=cfg.part_presence, part_separation=cfg.part_separation,
+            part_area=cfg.part_area, part_min_area=cfg.part_min_area)
+
+
+@dataclass(frozen=True)
+class PartNetworksSpec(Spec):
+    """Stage 1's three part networks (``ghns.stage1.train.stage1_loop``), paper Eq. 7."""
+
+    model: ModelSpec
+    optim: OptimSpec
+    catalog: str
+    localization: str
+    output: str
+    seed: int
+    embedding_dim: int
+    discriminator_hidden: int
+    alpha: float
+    beta: float
+    gamma: float
+    triplet_margin: float
+    triplet_mining: str
+    batch_classes: int
+    batch_images: int
+
+    @classmethod
+    def from_config(cls, cfg, run, num_classes: int) -> "PartNetworksSpec":
+        return cls(
+            model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_part_size(), cfg.trainable_blocks,
+                                         pretrained_default=1),
+            optim=OptimSpec.from_config(cfg, cfg.stage1_lr, cfg.stage1_epochs),
+            catalog=_path(run.catalog), localization=_path(run.localization),
+            output=_path(run.part_networks), seed=cfg.seed, embedding_dim=cfg.embedding_dim,
+            discriminator_hidden=cfg.discriminator_hidden, alpha=cfg.alpha, beta=cfg.beta,
+            gamma=cfg.gamma, triplet_margin=cfg.triplet_margin, triplet_mining=cfg.triplet_mining,
+            batch_classes=cfg.batch_classes, batch_images=cfg.batch_images)
+
+    def settings(self) -> dict[str, Any]:
+        """What the part networks' checkpoint records."""
+        return {**self.model.to_dict(), "embedding_dim": self.embedding_dim,
+                "discriminator_hidden": self.discriminator_hidden}
+
+
+@dataclass(frozen=True)
+class ImageClassifierSpec(Spec):
+    """The original-image and object classifiers (``ghns.stage3.train.image_classifier_loop``):
+    ``lambda_image * L_cls + (1 - lambda_image) * L_triplet``, LP-FT."""
+
+    model: ModelSpec
+    optim: OptimSpec
+    catalog: str
+    localization: str
+    output: str
+    crop: str  # "whole" or "object"
+    seed: int
+    lambda_image: float
+    triplet_margin: float
+    triplet_mining: str
+    batch_classes: int
+    batch_images: int
+    replace_start_p: float = 1.0
+    init_from: str | None = None  # a checkpoint whose backbone to start from (the localizer's)
+    trunk_cache: str | None = None  # where frozen-trunk outputs are shared between classifiers
+
+    @classmethod
+    def from_config(cls, cfg, run, num_classes: int, crop: str, seed: int,
+                    output: Path) -> "ImageClassifierSpec":
+        """A pretrained backbone starts from its own weights (the features its linear probe, the
+        bar, sees); one without weights from the localizer, already a whole-image classifier of
+        this train split. Either way only the last block trains by default and the rest is
+        cached once."""
+        from ghns.models.backbones import BACKBONES
+
+        backbone = cfg.resolved_backbone()
+        weights = BACKBONES[backbone].default_pretrained if cfg.pretrained == "auto" else cfg.pretrained
+        localizer = run.path / "localize" / "model.pt"
+        init_from = _path(localizer) if weights == "none" and localizer.is_file() else None
+        trainable = cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0 else cfg.trainable_blocks
+        return cls(
+            model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_localize_size(), trainable,
+                                         pretrained_default=1, weights=weights,
+                                         freeze_as="localizer" if init_from else None),
+            optim=OptimSpec.from_config(cfg, cfg.stage3_lr, cfg.stage3_epochs),
+            catalog=_path(run.catalog), localization=_path(run.localization), output=_path(output),
+            crop=crop, seed=seed, lambda_image=cfg.lambda_image, triplet_margin=cfg.triplet_margin,
+            triplet_mining=cfg.triplet_mining, batch_classes=cfg.batch_classes,
+            batch_images=cfg.batch_images, replace_start_p=cfg.replace_start_p,
+            init_from=init_from, trunk_cache=_path(run.stage3 / "cache"))
+
+
+@dataclass(frozen=True)
+class PartsClassifierSpec(Spec):
+    """The parts classifier (``ghns.stage3.train.parts_classifier_loop``), paper Eq. 10."""
+
+    parts: Any  # ghns.stage3.parts.PartsSettings (its own dataclass, Config names)
+    embeddings: str
+    negatives: str
+    output: str
+    num_classes: int
+    seed: int
+    use_negatives: bool
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PartsClassifierSpec":
+        from ghns.stage3.parts import PartsSettings
+
+        parts = values["parts"]
+        return cls(**{**values, "parts": parts if isinstance(parts, PartsSettings)
+                      else PartsSettings.from_dict(parts)})
+
+    @classmethod
+    def from_config(cls, cfg, run, num_classes: int, use_negatives: bool,
+                    output: Path) -> "PartsClassifierSpec":
+        from ghns.stage3.parts import PartsSettings
+
+        return cls(parts=PartsSettings.from_config(cfg), embeddings=_path(run.embeddings),
+                   negatives=_path(run.negatives), output=_path(output), num_classes=num_classes,
+                   seed=cfg.seed, use_negatives=use_negatives)
+
+
+@dataclass(frozen=True)
+class StudySpec(Spec):
+    """``ghns study``'s parts classifiers (``ghns.study.study_loop``): jobs split over workers."""
+
+    parts: Any  # PartsSettings
+    embeddings: str
+    jobs_dir: str
+    num_classes: int
+    jobs: list = field(default_factory=list)  # [{"name", "seed", "bank": None | {...}}]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "StudySpec":
+        from ghns.stage3.parts import PartsSettings
+
+        parts = values["parts"]
+        return cls(**{**values, "parts": parts if isinstance(parts, PartsSettings)
+                      else PartsSettings.from_dict(parts)})
