@@ -136,14 +136,15 @@ ALL_SECTIONS = ("data", "localize", "stage1", "stage2", "stage3", "evaluate", "r
 def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
                                                        help="Redo every stage.")) -> None:
     """Run every stage in one run directory, skipping those already done; print the report."""
-    from ghns.pipeline import STAGE_FUNCS, run_until
+    from ghns.pipeline import run_until
     from ghns.rundir import RunDir
+    from ghns.stages import NAMES
 
-    last = list(STAGE_FUNCS)[-1]
+    last = NAMES[-1]
     run = RunDir(cfg.run_dir)
     with run.locked():  # held across the stages (run_until takes it again, re-entrantly)
         if force:
-            for name in STAGE_FUNCS:
+            for name in NAMES:
                 run_until(cfg, name, force=True)
         else:
             run_until(cfg, last)
@@ -172,7 +173,7 @@ def train_final(cfg: Config, force: bool = FORCE) -> None:
     from ghns.pipeline import run_until
     from ghns.rundir import RunDir
 
-    run_until(cfg, "stage3", force=force)
+    run_until(cfg, "train-final", force=force)
     figures = json.loads(RunDir(cfg.run_dir).stage3_json.read_text())
     for name, f in figures["models"].items():
         typer.echo(f"  {name:<16} val top-1 {f['val_accuracy']}  ({f['epochs']} epochs, {f['seconds']} s)")
@@ -213,7 +214,7 @@ def train_parts(cfg: Config, force: bool = FORCE) -> None:
     from ghns.pipeline import run_until
     from ghns.rundir import RunDir
 
-    run_until(cfg, "stage1", force=force)
+    run_until(cfg, "train-parts", force=force)
     print_stage1(RunDir(cfg.run_dir))
 
 

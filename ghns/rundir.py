@@ -20,34 +20,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from ghns import stages as _stages
 from ghns.errors import GHNSError, StageError
 
 log = logging.getLogger(__name__)
 
-# Stages in pipeline order, with the config sections each one depends on (its own and upstream).
-STAGES = ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")  # pipeline order
-STAGE_SECTIONS = {
-    "catalog": ("data",),
-    "localize": ("data", "localize"),
-    "stage1": ("data", "localize", "stage1"),
-    "generate": ("data", "localize", "stage1", "stage2"),
-    "stage3": ("data", "localize", "stage1", "stage2", "stage3"),
-    "evaluate": ("data", "localize", "stage1", "stage2", "stage3", "evaluate"),
-}
+# Stages in pipeline order, with the config sections each one depends on (its own and upstream):
+# from the stage registry (``ghns.stages``).
+STAGES = _stages.NAMES
+STAGE_SECTIONS = {name: _stages.sections(name) for name in STAGES}
 
 
 # The key of stages.json recording the settings of stages under way (begun, not finished), for
 # the stages whose interrupted work a rerun resumes (Ray Train checkpoints, finished models and
 # bank shards); the others redo everything when rerun.
 PARTIAL = "_partial"
-RESUMABLE = ("localize", "stage1", "generate", "stage3")
+RESUMABLE = tuple(s.name for s in _stages.STAGES if s.resumable)
 # The key of stages.json listing resumable stages whose leftover work (checkpoints, models) was
 # made from inputs an earlier stage has since replaced: they start over instead of resuming.
 STALE = "_stale"
 
 # Stages that only read what earlier stages made and take seconds: changed settings re-run them
 # instead of being refused (e.g. fixed fusion weights from a sweep).
-REDO_ON_CHANGE = ("evaluate",)
+REDO_ON_CHANGE = tuple(s.name for s in _stages.STAGES if s.redo_on_change)
 
 
 class RunLocked(GHNSError):
@@ -184,8 +179,25 @@ class RunDir:
             return {}
         return json.loads(self.stages_file.read_text())
 
-    def _write_stages(self, stages: dict[str, Any]) -> None:
+    def write_stages(self, stages: dict[str, Any]) -> None:
         atomic_write_text(self.stages_file, json.dumps(stages, indent=2, sort_keys=True))
+
+    def begin(self, cfg, name: str, force: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A stage's common start (``ghns.stages``): the files it needs exist (else one line naming
+        them and the command that makes them), its fingerprint, and its figures when its output
+        exists and it is done already with this fingerprint; None otherwise."""
+        stage = _stages.stage(name)
+        needs = [getattr(self, attr) for attr in stage.needs]
+        if not all(Path(p).is_file() for p in needs):
+            made_by = _stages.before(stage.name)
+            raise StageError(f"{' or '.join(str(p) for p in needs)} is missing: "
+                             f"{made_by.hint if made_by else 'run ghns pipeline'}")
+        fp = fingerprint(cfg, stage.name)
+        output = getattr(self, stage.writes)
+        if output.is_file() and self.is_done(stage.name, fp, force):
+            log.info("%s: done already (%s)", stage.label, output)
+            return fp, json.loads(getattr(self, stage.figures).read_text()) if stage.figures else {}
+        return fp, None
 
     def is_done(self, stage: str, fingerprint: dict[str, Any], force: bool = False) -> bool:
         """Whether ``stage`` can be skipped; a done stage with another fingerprint is an error."""
@@ -195,7 +207,7 @@ class RunDir:
         old = record.get("fingerprint", {})
         keys = changed_keys(old, fingerprint)
         if keys and stage in REDO_ON_CHANGE:
-            log.info("%s: settings changed (%s): running it again", stage, ", ".join(keys))
+            log.info("%s: settings changed (%s): running it again", _stages.stage(stage).label, ", ".join(keys))
             return False
         if keys:
             changes = ", ".join(f"{k}: {recorded_value(old, k)!r} -> {fingerprint.get(k)!r}"
@@ -236,8 +248,8 @@ class RunDir:
             stages[STALE] = [s for s in stages.get(STALE, []) if s != name]  # it started over
             if not stages[STALE]:
                 stages.pop(STALE)
-            self._write_stages(stages)
-        log.info("%s: started", name)
+            self.write_stages(stages)
+        log.info("%s: started", _stages.stage(name).label)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
@@ -252,8 +264,8 @@ class RunDir:
         downstream = [s for s in STAGES[STAGES.index(name) + 1:] if s in RESUMABLE]
         if downstream:  # their leftover work was made from what this stage just replaced
             stages[STALE] = sorted(set(stages.get(STALE, [])) | set(downstream), key=STAGES.index)
-        self._write_stages(stages)
-        log.info("%s: done in %.1f s", name, stages[name]["seconds"])
+        self.write_stages(stages)
+        log.info("%s: done in %.1f s", _stages.stage(name).label, stages[name]["seconds"])
 
 
 def holds_run_lock(fn):

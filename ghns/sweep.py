@@ -88,7 +88,7 @@ def trial_dir(base: RunDir, sweep_dir: Path, space: str, trial_id: str) -> RunDi
         if not link.exists():
             link.symlink_to((base.path / name).resolve())
     stages = base.stages()
-    out._write_stages({k: stages[k] for k in INHERITED[space] if k in stages})
+    out.write_stages({k: stages[k] for k in INHERITED[space] if k in stages})
     return out
 
 
@@ -123,10 +123,10 @@ def _stage2_trial(cfg, run: RunDir, base: RunDir) -> dict[str, float]:
     from ghns.stage1.table import read_embeddings
     from ghns.stage2.stage import run_generate
     from ghns.stage3.evaluate import parts_scores
-    from ghns.stage3.stage import _train
+    from ghns.stage3.stage import train_model
 
     gen = run_generate(cfg)
-    figures = _train(cfg, run, Catalog.read(run.catalog), "parts")
+    figures = train_model(cfg, run, Catalog.read(run.catalog), "parts")
     val = dict(np.load(base.scores / "val.npz"))
     meta, emb = read_embeddings(run.embeddings)
     index = {int(i): k for k, i in enumerate(meta["image_id"])}

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from ghns.data.catalog import Catalog
-from ghns.errors import ConfigError, StageError
+from ghns.errors import ConfigError
 from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
 from ghns.localize.train import localizer_loop
-from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
+from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.train.specs import LocalizerSpec
 from ghns.models import N_PARTS
 
@@ -33,12 +33,9 @@ log = logging.getLogger(__name__)
 def run_localize(cfg, force: bool = False) -> dict[str, Any]:
     """Run (or skip, when done) the localize stage; returns the figures of localization.json."""
     run = RunDir(cfg.run_dir)
-    if not run.catalog.is_file():
-        raise StageError(f"{run.catalog} is missing: run the catalog stage first (ghns pipeline)")
-    fp = fingerprint(cfg, "localize")
-    if run.localization.is_file() and run.is_done("localize", fp, force):
-        log.info("localize: done already (%s)", run.localization)
-        return json.loads(run.localization_json.read_text())
+    fp, done = run.begin(cfg, "localize", force)
+    if done is not None:
+        return done
     force = run.starts_over("localize", force)
     catalog = Catalog.read(run.catalog)
     table = catalog.table

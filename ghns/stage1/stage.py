@@ -15,7 +15,7 @@ import torch
 from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
+from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
@@ -27,12 +27,9 @@ log = logging.getLogger(__name__)
 
 def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
-    if not run.localization.is_file():
-        raise StageError(f"{run.localization} is missing: run 'ghns localize' first")
-    fp = fingerprint(cfg, "stage1")
-    if run.stage1_json.is_file() and run.is_done("stage1", fp, force):
-        log.info("stage1: done already (%s)", run.stage1_json)
-        return json.loads(run.stage1_json.read_text())
+    fp, done = run.begin(cfg, "stage1", force)
+    if done is not None:
+        return done
     force = run.starts_over("stage1", force)
     catalog = Catalog.read(run.catalog)
     with run.stage("stage1", fp, force) as record:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.rundir import RunDir, atomic_write_text, fingerprint
+from ghns.rundir import RunDir, atomic_write_text
 from ghns.stage2.bank import shard_path, shard_stats
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,9 @@ def generator_settings(cfg, **overrides: Any) -> dict[str, Any]:
 
 def run_generate(cfg, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
-    if not (run.embeddings.is_file() and run.filternet.is_file()):
-        raise StageError(f"{run.embeddings} or {run.filternet} is missing: run 'ghns train-parts' first")
-    fp = fingerprint(cfg, "generate")
-    if run.generate_json.is_file() and run.is_done("generate", fp, force):
-        log.info("generate: done already (%s)", run.negatives)
-        return json.loads(run.generate_json.read_text())
+    fp, done = run.begin(cfg, "generate", force)
+    if done is not None:
+        return done
     catalog = Catalog.read(run.catalog)
     settings = generator_settings(cfg)
     prepare_bank(run, run.negatives, settings, force)

@@ -17,7 +17,7 @@ from ghns.data.catalog import Catalog
 from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
-from ghns.rundir import RunDir, atomic_path, atomic_write_text, fingerprint
+from ghns.rundir import RunDir, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 IMAGE_MODELS = ("original", "object")
@@ -266,12 +266,9 @@ def confusion_figure(report: dict[str, Any], path: Path) -> None:
 
 def run_evaluate(cfg, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
-    if not run.stage3_json.is_file():
-        raise StageError(f"{run.stage3_json} is missing: run 'ghns train-final' first")
-    fp = fingerprint(cfg, "evaluate")
-    if run.report_json.is_file() and run.is_done("evaluate", fp, force):
-        log.info("evaluate: done already (%s)", run.report_json)
-        return json.loads(run.report_json.read_text())
+    fp, done = run.begin(cfg, "evaluate", force)
+    if done is not None:
+        return done
     catalog = Catalog.read(run.catalog)
     start = time.perf_counter()
     with run.stage("evaluate", fp):  # committed only once every file below is in place

@@ -17,8 +17,7 @@ from typing import Any
 
 
 from ghns.data.catalog import Catalog
-from ghns.errors import StageError
-from ghns.rundir import RunDir, atomic_write_text, fingerprint
+from ghns.rundir import RunDir, atomic_write_text
 from ghns.train.specs import ImageClassifierSpec, PartsClassifierSpec
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,9 @@ def ensemble_member(name: str) -> int:
 
 def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     run = RunDir(cfg.run_dir)
-    if not run.generate_json.is_file():
-        raise StageError(f"{run.generate_json} is missing: run 'ghns generate' first")
-    fp = fingerprint(cfg, "stage3")
-    if run.stage3_json.is_file() and run.is_done("stage3", fp, force):
-        log.info("train-final: done already (%s)", run.stage3_json)
-        return json.loads(run.stage3_json.read_text())
+    fp, done = run.begin(cfg, "stage3", force)
+    if done is not None:
+        return done
     force = run.starts_over("stage3", force)
     run.check_partial("stage3", fp, force)  # before anything is removed
     if force:
@@ -55,14 +51,14 @@ def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
     figures: dict[str, Any] = {"models": {}}
     with run.stage("stage3", fp, force) as record:
         for name in model_names(cfg):
-            figures["models"][name] = _train(cfg, run, catalog, name)
+            figures["models"][name] = train_model(cfg, run, catalog, name)
         shutil.rmtree(run.stage3 / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
         record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
         atomic_write_text(run.stage3_json, json.dumps(figures, indent=2))
     return figures
 
 
-def _train(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
+def train_model(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
     from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
     from ghns.train.runner import fit
 

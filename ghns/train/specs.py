@@ -268,11 +268,7 @@ class PartsClassifierSpec(Spec):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PartsClassifierSpec":
-        from ghns.stage3.parts import PartsSettings
-
-        parts = values["parts"]
-        return cls(**{**values, "parts": parts if isinstance(parts, PartsSettings)
-                      else PartsSettings.from_dict(parts)})
+        return cls(**_with_parts_settings(values))
 
     @classmethod
     def from_config(cls, cfg, run, num_classes: int, use_negatives: bool,
@@ -296,8 +292,13 @@ class StudySpec(Spec):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySpec":
-        from ghns.stage3.parts import PartsSettings
+        return cls(**_with_parts_settings(values))
 
-        parts = values["parts"]
-        return cls(**{**values, "parts": parts if isinstance(parts, PartsSettings)
-                      else PartsSettings.from_dict(parts)})
+
+def _with_parts_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with its ``parts`` entry as a ``PartsSettings`` (a dataclass of stage 3's, not a
+    ``Spec``: imported here, when needed, to keep this module free of torch)."""
+    from ghns.stage3.parts import PartsSettings
+
+    parts = values["parts"]
+    return {**values, "parts": parts if isinstance(parts, PartsSettings) else PartsSettings.from_dict(parts)}
