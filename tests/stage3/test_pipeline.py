@@ -32,16 +32,20 @@ def test_report_has_the_contract_keys(finished):
         assert (finished / "scores" / f"{split}.npz").is_file()
 
 
-def test_pipeline_resumes_an_interrupted_stage(cli, finished):
-    stage3 = finished / "stage3"
+def test_pipeline_resumes_an_interrupted_stage(cli, finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"  # a copy: the session's run stays as other tests read it
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("ray"))
+    stage3 = run / "stage3"
     kept = stage3 / "original.pt"
     kept_mtime = kept.stat().st_mtime_ns
     (stage3 / "object.pt").unlink()  # as if train-final stopped after the original classifier
-    stages = json.loads((finished / "stages.json").read_text())
+    stages = json.loads((run / "stages.json").read_text())
     for name in ("stage3", "evaluate"):
         stages.pop(name)
-    (finished / "stages.json").write_text(json.dumps(stages))
-    code, out, err = cli("pipeline", "--run-dir", finished)
+    (run / "stages.json").write_text(json.dumps(stages))
+    code, out, err = cli("pipeline", "--run-dir", run)
     assert code == 0, err
     assert "localize: done already" in err and "generate: done already" in err
     assert "train-final: original done already" in err
