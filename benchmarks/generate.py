@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghns.checkpoint import save_checkpoint
 from ghns.config import Config
 from ghns.data.catalog import make_catalog
 from ghns.rundir import RunDir, fingerprint
@@ -135,8 +136,7 @@ def make_run(folder: Path, emb, labels, net) -> Config:
     write_embeddings(run.embeddings, pd.DataFrame({"image_id": rows["image_id"], "split": "train",
                                                    "label": labels}), emb)
     run.filternet.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict(), "hidden": 0, "n_parts": PARTS, "embedding_dim": D,
-                "num_classes": C}, run.filternet)
+    save_checkpoint(run.filternet, net, {"hidden": 0, "n_parts": PARTS, "embedding_dim": D, "num_classes": C})
     stages = {s: {"fingerprint": fingerprint(cfg, s), "seconds": 0} for s in ("catalog", "localize", "stage1")}
     run.stages_file.write_text(json.dumps(stages))
     cfg.to_yaml(run.config)

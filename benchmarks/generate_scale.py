@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ghns.checkpoint import save_checkpoint
 from ghns.config import Config
 from ghns.models.parts import FilterNet
 from ghns.stage1.table import write_embeddings
@@ -179,8 +180,8 @@ def measure(classes: int, work: Path, settings: dict, actors_list: list[int],
     run = RunDir(run_dir)
     write_embeddings(run.embeddings, pd.DataFrame({"image_id": np.arange(len(labels)) + 1,
                                                    "split": "train", "label": labels}), emb)
-    torch.save({"model": net.state_dict(), "hidden": 0, "n_parts": PARTS, "embedding_dim": D,
-                "num_classes": classes}, run.filternet)
+    save_checkpoint(run.filternet, net, {"hidden": 0, "n_parts": PARTS, "embedding_dim": D,
+                                         "num_classes": classes})
     made = time.perf_counter() - t0
     out = {"classes": classes, "images": len(labels), "problem_s": round(made, 1)}
     if check_brute_force:

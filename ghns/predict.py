@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ghns.checkpoint import load_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.data.images import BadImage, load_rgb
 from ghns.data.tensors import crop_resize, to_float
@@ -31,10 +30,8 @@ class Prediction:
 
 class Predictor:
     def __init__(self, run: RunDir) -> None:
+        from ghns.checkpoint import load_model
         from ghns.config import Config
-        from ghns.localize.train import build_localizer
-        from ghns.stage1.train import build_parts
-        from ghns.stage3.train import load_image_classifier
 
         if not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
@@ -47,19 +44,11 @@ class Predictor:
         # runs evaluated before the log-linear rule carry only Eq. 11 weights
         self.fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
 
-        def load(path, build):
-            state = load_checkpoint(path)
-            model = build(state["settings"], pretrained="none")
-            model.load_state_dict(state["model"])
-            return model.eval(), state["settings"]
-
-        self.localizer, self.loc_settings = load(run.path / "localize" / "model.pt", build_localizer)
-        self.parts, self.part_settings = load(run.part_networks, build_parts)
-        self.original, self.orig_settings = load_image_classifier(run.stage3 / "original.pt")
-        self.object, self.obj_settings = load_image_classifier(run.stage3 / "object.pt")
-        from ghns.stage3.parts import load_parts_classifier
-
-        self.parts_classifier = load_parts_classifier(run.stage3 / "parts.pt")
+        self.localizer, self.loc_settings = load_model(run.path / "localize" / "model.pt", "localizer")
+        self.parts, self.part_settings = load_model(run.part_networks, "part_networks")
+        self.original, self.orig_settings = load_model(run.stage3 / "original.pt", "image_classifier")
+        self.object, self.obj_settings = load_model(run.stage3 / "object.pt", "image_classifier")
+        self.parts_classifier, _ = load_model(run.stage3 / "parts.pt", "parts_classifier")
 
     @torch.no_grad()
     def boxes(self, img) -> tuple[tuple, list[tuple]]:

@@ -50,3 +50,50 @@ def test_an_older_format_is_refused_in_one_line(tmp_path):
         load_checkpoint(old, format=("parts classifier", 2))
     assert "format 1" in str(err.value) and "--force" in str(err.value) and "\n" not in str(err.value)
     assert load_checkpoint(new, format=("parts classifier", 2))["settings"]["format"] == 2
+
+
+def _settings():
+    from ghns.stage3.parts import FORMAT
+    from ghns.stage3.train import IMAGE_FORMAT
+
+    model = {"backbone": "tiny_cnn", "pretrained": "none", "num_classes": 3, "frozen_blocks": 1,
+             "image_size": 32}
+    return {
+        "localizer": model,
+        "part_networks": {**model, "embedding_dim": 8, "discriminator_hidden": 16},
+        "image_classifier": {**model, "crop": "whole", "format": IMAGE_FORMAT, "epoch_kept": -1},
+        "parts_classifier": {"n_parts": 3, "part_dim": 8, "num_classes": 4, "hidden": 0, "format": FORMAT},
+        "filternet": {"n_parts": 3, "embedding_dim": 8, "num_classes": 4, "hidden": 0},
+    }
+
+
+def test_every_model_kind_saves_and_loads_through_one_module(tmp_path):
+    from ghns.checkpoint import KINDS, create_model, load_model, save_checkpoint
+
+    settings = _settings()
+    assert set(settings) == set(KINDS)
+    for kind in KINDS:
+        torch.manual_seed(0)
+        model = create_model(kind, settings[kind])
+        save_checkpoint(tmp_path / f"{kind}.pt", model, settings[kind])
+        loaded, got = load_model(tmp_path / f"{kind}.pt", kind)
+        assert got == settings[kind] and not loaded.training
+        want = model.state_dict()
+        assert loaded.state_dict().keys() == want.keys()
+        assert all(torch.equal(loaded.state_dict()[k], want[k]) for k in want), kind
+    with pytest.raises(ValueError, match="no model kind"):
+        create_model("nope", {})
+
+
+def test_older_files_load_or_are_refused_in_one_line(tmp_path):
+    from ghns.checkpoint import create_model, load_model, save_checkpoint
+
+    settings = _settings()
+    net = create_model("filternet", settings["filternet"])
+    torch.save({"model": net.state_dict(), **settings["filternet"]}, tmp_path / "old_filternet.pt")
+    loaded, got = load_model(tmp_path / "old_filternet.pt", "filternet")  # settings beside the weights
+    assert got == settings["filternet"]
+    old = {k: v for k, v in settings["image_classifier"].items() if k != "format"}  # format 1
+    save_checkpoint(tmp_path / "old.pt", create_model("image_classifier", old), old)
+    with pytest.raises(StageError, match="older ghns"):
+        load_model(tmp_path / "old.pt", "image_classifier")

@@ -13,10 +13,9 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from ghns.checkpoint import load_checkpoint
+from ghns.checkpoint import load_model
 from ghns.data.tensors import load_resized, to_float
 from ghns.localize.boxes import box_from_map, mass_centre, scale_box
-from ghns.localize.train import build_localizer
 
 BOX_COLS = ("x", "y", "w", "h")
 
@@ -75,10 +74,7 @@ class LocalizeActor:
                  device: str = "cpu", threads: int = 1) -> None:
         if device == "cpu":
             torch.set_num_threads(threads)
-        checkpoint = load_checkpoint(model_path)
-        self.settings = checkpoint["settings"]
-        self.model = build_localizer(self.settings, pretrained="none")
-        self.model.load_state_dict(checkpoint["model"])
+        self.model, self.settings = load_model(model_path, "localizer")
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.cam_threshold, self.foreground_threshold = cam_threshold, foreground_threshold

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ghns.checkpoint import load_checkpoint
+from ghns.checkpoint import load_model
 from ghns.data.tensors import load_part_crops, to_float
 from ghns.models import N_PARTS
-from ghns.stage1.train import build_parts
 
 BOX_COLUMNS = [f"part{k + 1}_{c}" for k in range(N_PARTS) for c in "xywh"]
 
@@ -21,10 +20,7 @@ class EmbedActor:
     def __init__(self, model_path: str, device: str = "cpu", threads: int = 1) -> None:
         if device == "cpu":
             torch.set_num_threads(threads)
-        checkpoint = load_checkpoint(model_path)
-        self.settings = checkpoint["settings"]
-        self.model = build_parts(self.settings, pretrained="none")
-        self.model.load_state_dict(checkpoint["model"])
+        self.model, self.settings = load_model(model_path, "part_networks")
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
 

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ghns.checkpoint import load_checkpoint
+from ghns.checkpoint import save_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
-from ghns.rundir import RunDir, atomic_path, atomic_write_text
+from ghns.rundir import RunDir, atomic_write_text
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
@@ -93,9 +92,8 @@ def _filternet(cfg, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classe
     labels = meta["label"].to_numpy()
     net, figures = train_filternet(emb[train], labels[train], emb[val], labels[val], num_classes,
                                    hidden=cfg.filternet_hidden, seed=cfg.seed)
-    with atomic_path(run.filternet) as tmp:
-        torch.save({"model": net.state_dict(), "hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
-                    "embedding_dim": emb.shape[2], "num_classes": num_classes}, tmp)
+    save_checkpoint(run.filternet, net, {"hidden": cfg.filternet_hidden, "n_parts": emb.shape[1],
+                                         "embedding_dim": emb.shape[2], "num_classes": num_classes})
     return {"filternet": figures}
 
 
@@ -104,12 +102,9 @@ def load_filternet(run: RunDir):
 
 
 def load_filternet_file(path):
-    from ghns.models.parts import FilterNet
+    from ghns.checkpoint import load_model
 
-    state = load_checkpoint(path)
-    net = FilterNet(state["n_parts"], state["embedding_dim"], state["num_classes"], state["hidden"])
-    net.load_state_dict(state["model"])
-    return net.eval()
+    return load_model(path, "filternet")[0]
 
 
 def load_embeddings(run: RunDir):

@@ -127,7 +127,10 @@ FORMAT = 2  # checkpoints of format 1 (a 128-d projection from scratch) predate 
 
 
 def build_parts_classifier(data: PartsData, settings: PartsSettings, num_classes: int) -> PartsClassifier:
-    return PartsClassifier(data.n_parts, data.part_dim, num_classes, settings.parts_hidden)
+    from ghns.checkpoint import create_model
+
+    return create_model("parts_classifier", {"n_parts": data.n_parts, "part_dim": data.part_dim,
+                                             "num_classes": num_classes, "hidden": settings.parts_hidden})
 
 
 def parts_probe(data: PartsData, num_classes: int):
@@ -140,13 +143,9 @@ def parts_probe(data: PartsData, num_classes: int):
 
 def load_parts_classifier(path: Path) -> PartsClassifier:
     """A saved parts classifier (``<run>/stage3/parts*.pt``), ready for inference."""
-    from ghns.checkpoint import load_checkpoint
+    from ghns.checkpoint import load_model
 
-    state = load_checkpoint(path, format=("parts classifier", FORMAT))
-    s = state["settings"]
-    model = PartsClassifier(s["n_parts"], s["part_dim"], s["num_classes"], s["hidden"])
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return load_model(path, "parts_classifier")[0]
 
 
 def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSettings,

@@ -53,11 +53,9 @@ def build_image_classifier(settings: dict[str, Any], pretrained: str | None = No
 
 def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
     """A saved original / object classifier (``<run>/stage3/*.pt``) and its settings."""
-    state = load_checkpoint(path, format=("image classifier", IMAGE_FORMAT))
-    settings = state["settings"]
-    model = build_image_classifier(settings, pretrained="none")
-    model.load_state_dict(state["model"])
-    return model.eval(), settings
+    from ghns.checkpoint import load_model
+
+    return load_model(path, "image_classifier")
 
 
 def split_images(spec: ImageClassifierSpec, split: str, ctx: WorkerContext | None = None):

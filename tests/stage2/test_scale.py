@@ -196,6 +196,8 @@ def test_actor_on_the_store_writes_the_in_memory_bank(tmp_path):
     from ghns.stage1.filternet import train_filternet
 
     net, _ = train_filternet(emb, labels, emb[:0], labels[:0], 7, epochs=300, lr=5e-2)
+    # FilterNet's file as runs before ghns.checkpoint.save_checkpoint wrote it (settings beside
+    # the weights): still read
     torch.save({"model": net.state_dict(), "hidden": 0, "n_parts": 3, "embedding_dim": 8,
                 "num_classes": 7}, tmp_path / "filternet.pt")
     store = PartStore.write(tmp_path / "store", tmp_path / "e.parquet", 7)
