@@ -101,13 +101,17 @@ def test_ray_job_submit_runs_the_pipeline(head, tmp_path):
     submission = f"ghns-test-{int(time.time())}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    submit = subprocess.run(
-        RAY + ["job", "submit", "--address", head, "--working-dir", ".", "--no-wait",
-               "--submission-id", submission, "--",
-               "python", "jobs/full_pipeline.py", "--config", "configs/tiny.yaml",
-               "--run-dir", str(run_dir), "--root", str(tmp_path / "synthetic"),
-               "--sync-to", f"file://{mirror}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    for attempt in range(6):  # the head's job agent can come up after its dashboard answers
+        submit = subprocess.run(
+            RAY + ["job", "submit", "--address", head, "--working-dir", ".", "--no-wait",
+                   "--submission-id", submission, "--",
+                   "python", "jobs/full_pipeline.py", "--config", "configs/tiny.yaml",
+                   "--run-dir", str(run_dir), "--root", str(tmp_path / "synthetic"),
+                   "--sync-to", f"file://{mirror}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        if submit.returncode == 0 or "No available agent to submit job" not in submit.stderr:
+            break
+        time.sleep(5)
     assert submit.returncode == 0, submit.stderr[-2000:]
 
     from ray.job_submission import JobStatus, JobSubmissionClient
