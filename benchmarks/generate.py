@@ -131,13 +131,13 @@ def make_run(folder: Path, emb, labels, net) -> Config:
                          "class_name": [f"c{c:03d}" for c in labels], "split": "train"})
     make_catalog("imagefolder", rows, [f"c{c:03d}" for c in range(C)]).write(run.catalog)
     pd.DataFrame({"image_id": rows["image_id"]}).to_parquet(run.localization)
-    run.stage1_json.write_text("{}")
+    run.train_parts_json.write_text("{}")
     run.localization_json.write_text("{}")
     write_embeddings(run.embeddings, pd.DataFrame({"image_id": rows["image_id"], "split": "train",
                                                    "label": labels}), emb)
     run.filternet.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run.filternet, net, {"hidden": 0, "n_parts": PARTS, "embedding_dim": D, "num_classes": C})
-    stages = {s: {"fingerprint": fingerprint(cfg, s), "seconds": 0} for s in ("catalog", "localize", "stage1")}
+    stages = {s: {"fingerprint": fingerprint(cfg, s), "seconds": 0} for s in ("catalog", "localize", "train-parts")}
     run.stages_file.write_text(json.dumps(stages))
     cfg.to_yaml(run.config)
     return cfg

@@ -174,7 +174,7 @@ def measure(classes: int, work: Path, settings: dict, actors_list: list[int],
     emb, labels, centres = problem(classes)
     net = centre_filternet(emb, labels, centres)
     run_dir = work / f"c{classes}"
-    (run_dir / "stage1").mkdir(parents=True, exist_ok=True)
+    (run_dir / "train-parts").mkdir(parents=True, exist_ok=True)
     from ghns.rundir import RunDir
 
     run = RunDir(run_dir)

@@ -52,9 +52,9 @@ def main() -> None:
                      actors=args.actors, per_class=150, tau=0.5, max_part_similarity=1.0)
         run_until(cfg, "localize")
         start = time.perf_counter()
-        stage1 = run_until(cfg, "stage1")
+        stage1 = run_until(cfg, "train-parts")
         stage1_wall = time.perf_counter() - start
-        history = json.loads((Path(cfg.run_dir) / "stage1" / "history.json").read_text())
+        history = json.loads((Path(cfg.run_dir) / "train-parts" / "history.json").read_text())
         seconds = sorted(h["epoch_seconds"] for h in history)
         steps_per_epoch = train_images // batch
         gen = run_until(cfg, "generate")

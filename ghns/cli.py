@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
 
 from ghns.config import Config, resolve_config
 from ghns.errors import GHNSError
+from ghns.stages import STAGES, Stage
 
 log = logging.getLogger("ghns")
 
@@ -92,7 +93,7 @@ def _scalar_type(f: dataclasses.Field) -> tuple[type, bool]:
 # -- data ------------------------------------------------------------------------------------
 
 @data_app.command("info")
-@with_config("data", use_run_dir=False)
+@with_config("catalog", use_run_dir=False)
 def data_info(cfg: Config) -> None:
     """Print a dataset's classes and per-split image counts (no run directory is written)."""
     from ghns.data import build_catalog
@@ -128,7 +129,7 @@ def print_catalog_summary(catalog) -> None:
 
 FORCE = typer.Option(False, "--force", help="Redo this stage even if it is done.")
 
-ALL_SECTIONS = ("data", "localize", "stage1", "stage2", "stage3", "evaluate", "run")
+ALL_SECTIONS = tuple(s.name for s in STAGES) + ("run",)  # every stage's settings, and the run's
 
 
 @app.command()
@@ -148,10 +149,8 @@ def pipeline(cfg: Config, force: bool = typer.Option(False, "--force",
                 run_until(cfg, name, force=True)
         else:
             run_until(cfg, last)
-    print_localization(run)
-    print_stage1(run)
-    print_generate(run)
-    print_report(run)
+    for name in ("localize", "train-parts", "generate", "evaluate"):
+        print_figures(run, name)
 
 
 @app.command("config")
@@ -164,77 +163,29 @@ def show_config(cfg: Config) -> None:
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
 
-@app.command("train-final")
-@with_config(*ALL_SECTIONS)
-def train_final(cfg: Config, force: bool = FORCE) -> None:
-    """Stage 3: parts classifier with hard negatives (quadruplet), original and object classifiers."""
+def print_figures(run, name: str) -> None:
+    """Stage ``name``'s figures on the console (nothing where it has not written them)."""
     import json
 
-    from ghns.pipeline import run_until
-    from ghns.rundir import RunDir
+    from ghns.stages import stage
 
-    run_until(cfg, "train-final", force=force)
-    figures = json.loads(RunDir(cfg.run_dir).stage3_json.read_text())
-    for name, f in figures["models"].items():
-        typer.echo(f"  {name:<16} val top-1 {f['val_accuracy']}  ({f['epochs']} epochs, {f['seconds']} s)")
+    path = getattr(run, stage(name).figures)
+    if path.is_file():
+        PRINTERS[name](json.loads(path.read_text()), run)
 
 
-@app.command()
-@with_config(*ALL_SECTIONS)
-def evaluate(cfg: Config, force: bool = FORCE) -> None:
-    """Scores on val and test, fusion weights chosen on val, report.json / report.md / figures."""
-    from ghns.pipeline import run_until
-    from ghns.rundir import RunDir
-
-    run_until(cfg, "evaluate", force=force)
-    print_report(RunDir(cfg.run_dir))
-
-
-def print_report(run) -> None:
+def print_report(report: dict[str, Any], run) -> None:
     if run.report_md.is_file():
         typer.echo(run.report_md.read_text().rstrip())
         typer.echo(f"(report: {run.report_json}, {run.report_md})")
 
 
-@app.command()
-@with_config(*ALL_SECTIONS)
-def localize(cfg: Config, force: bool = FORCE) -> None:
-    """Object boxes and three part boxes per image, learned from class labels alone."""
-    from ghns.pipeline import run_until
-    from ghns.rundir import RunDir
-
-    run_until(cfg, "localize", force=force)
-    print_localization(RunDir(cfg.run_dir))
+def print_train_final(figures: dict[str, Any], run) -> None:
+    for name, f in figures["models"].items():
+        typer.echo(f"  {name:<16} val top-1 {f['val_accuracy']}  ({f['epochs']} epochs, {f['seconds']} s)")
 
 
-@app.command("train-parts")
-@with_config(*ALL_SECTIONS)
-def train_parts(cfg: Config, force: bool = FORCE) -> None:
-    """Stage 1: three part networks (cls + triplet + adversarial), the embedding table, FilterNet."""
-    from ghns.pipeline import run_until
-    from ghns.rundir import RunDir
-
-    run_until(cfg, "train-parts", force=force)
-    print_stage1(RunDir(cfg.run_dir))
-
-
-@app.command()
-@with_config(*ALL_SECTIONS)
-def generate(cfg: Config, force: bool = FORCE) -> None:
-    """Stage 2: hard negatives by part shuffling, FAISS priority and FilterNet, per class."""
-    from ghns.pipeline import run_until
-    from ghns.rundir import RunDir
-
-    run_until(cfg, "generate", force=force)
-    print_generate(RunDir(cfg.run_dir))
-
-
-def print_generate(run) -> None:
-    import json
-
-    if not run.generate_json.is_file():
-        return
-    f = json.loads(run.generate_json.read_text())
+def print_generate(f: dict[str, Any], run) -> None:
     st = f["settings"]
     typer.echo(f"generate: {f['kept']} hard negatives for {f['classes']} classes "
                f"(per class {st['per_class']}, tau {st['tau']}, {st['neighbors']} neighbours, "
@@ -267,27 +218,17 @@ def print_generate(run) -> None:
         typer.echo(f"  ... and {len(f['short']) - 10} more classes short (see {run.generate_json})")
 
 
-def print_stage1(run) -> None:
-    import json
-
-    if not run.stage1_json.is_file():
-        return
-    f = json.loads(run.stage1_json.read_text())
-    w = f["loss_weights"]
-    typer.echo(f"stage 1: {f['backbone']} part networks, crops {f['part_image_size']} px, "
-               f"alpha {w['alpha']} beta {w['beta']} gamma {w['gamma']}, {f['epochs']} epochs "
-               f"({f['seconds_per_epoch']} s each)")
-    typer.echo("  val accuracy, part networks: " + "  ".join(f"{k} {v}" for k, v in
-               f["val_accuracy_parts"].items()) + f"  (the three together, mean softmax: {f.get('val_accuracy_parts_vote')})")
-    typer.echo(f"  val accuracy, FilterNet: {f['filternet']['val_accuracy']}")
+def print_train_parts(f: dict[str, Any], run) -> None:
+    w, parts = f["loss_weights"], f["val_accuracy_parts"]
+    typer.echo("\n".join([
+        f"train-parts: {f['backbone']} part networks (stage 1), crops {f['part_image_size']} px, alpha "
+        f"{w['alpha']} beta {w['beta']} gamma {w['gamma']}, {f['epochs']} epochs ({f['seconds_per_epoch']} s each)",
+        "  val accuracy, part networks: " + "  ".join(f"{k} {v}" for k, v in parts.items())
+        + f"  (the three together, mean softmax: {f.get('val_accuracy_parts_vote')})",
+        f"  val accuracy, FilterNet: {f['filternet']['val_accuracy']}"]))
 
 
-def print_localization(run) -> None:
-    import json
-
-    if not run.localization_json.is_file():
-        return
-    figures = json.loads(run.localization_json.read_text())
+def print_localization(figures: dict[str, Any], run) -> None:
     typer.echo(f"localization: objects by {figures['object_method']}, parts {figures['part_method']}, "
                f"backbone {figures['backbone']} at {figures['image_size']} px")
     for key in ("object_iou50", "object_iou50_cam", "object_iou50_parts"):
@@ -304,8 +245,8 @@ def print_localization(run) -> None:
 @app.command()
 @with_config(*ALL_SECTIONS)
 def sweep(cfg: Config,
-          space: str = typer.Option(..., "--space", help="What to sweep: 'stage1' (alpha, beta, "
-                                    "gamma), 'stage2' (tau, per-class N) or 'fusion' (a, b, c)."),
+          space: str = typer.Option(..., "--space", help="What to sweep: 'train-parts' (alpha, "
+                                    "beta, gamma), 'generate' (tau, per-class N) or 'fusion' (a, b, c)."),
           trials: int = typer.Option(8, "--trials", min=1, help="Trials (random search)."),
           scheduler: str = typer.Option("asha", "--scheduler",
                                         help="'asha' (stop weak training trials early) or 'fifo'."),
@@ -373,36 +314,61 @@ def predict(images: list[str] = typer.Argument(..., help="Image files."),
         raise typer.Exit(1)
 
 
-@show_app.command("parts")
-@with_config("run")
-def show_parts(cfg: Config, rows: int = typer.Option(12, "--rows", help="Images in the grid."),
-               out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: "
-                                                 "<run-dir>/figures/parts.png).")) -> None:
-    """A PNG grid: images with object and part boxes, and the three part crops beside."""
-    from ghns.figures import parts_grid
-    from ghns.rundir import RunDir
+# -- pictures of a run (``ghns.figures``): name, drawing function, rows by default, help ----------
 
-    path = parts_grid(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)
-    typer.echo(f"wrote {path}")
+PICTURES = (
+    ("parts", "parts_grid", 12, "Images in the grid.",
+     "A PNG grid: images with object and part boxes, and the three part crops beside."),
+    ("negatives", "negatives_mosaic", 8, "Hard negatives shown.",
+     "A PNG mosaic: reference part crops beside a hard negative's, labelled by source class."),
+)
 
 
-@show_app.command("negatives")
-@with_config("run")
-def show_negatives(cfg: Config, rows: int = typer.Option(8, "--rows", help="Hard negatives shown."),
-                   out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: "
-                                                     "<run-dir>/figures/negatives.png).")) -> None:
-    """A PNG mosaic: reference part crops beside a hard negative's, labelled by source class."""
-    from ghns.figures import negatives_mosaic
-    from ghns.rundir import RunDir
+def _picture_command(name: str, draw: str, rows_default: int, rows_help: str, summary: str) -> None:
+    def command(cfg: Config, rows: int = typer.Option(rows_default, "--rows", help=rows_help),
+                out: Optional[str] = typer.Option(None, "--out", help=f"PNG path (default: "
+                                                  f"<run-dir>/figures/{name}.png).")) -> None:
+        from ghns import figures
+        from ghns.rundir import RunDir
 
-    path = negatives_mosaic(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)
-    typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {getattr(figures, draw)(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)}")
+
+    command.__doc__, command.__name__ = summary, f"show_{name}"
+    show_app.command(name)(with_config("run")(command))
+
+
+for _picture in PICTURES:
+    _picture_command(*_picture)
 
 
 # -- entry point -----------------------------------------------------------------------------
 
 # Errors of the machine, not of ghns: a full disk, a read-only or foreign directory.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+# -- one command per stage (``ghns.stages``): run it and the stages before it, print its figures --
+
+PRINTERS: dict[str, Callable[[dict[str, Any], Any], None]] = {
+    "localize": print_localization, "train-parts": print_train_parts, "generate": print_generate,
+    "train-final": print_train_final, "evaluate": print_report}
+
+
+def _stage_command(record: Stage) -> None:
+    def command(cfg: Config, force: bool = FORCE) -> None:
+        from ghns.pipeline import run_until
+        from ghns.rundir import RunDir
+
+        run_until(cfg, record.name, force=force)
+        print_figures(RunDir(cfg.run_dir), record.name)
+
+    command.__doc__, command.__name__ = record.summary, record.name.replace("-", "_")
+    app.command(record.name)(with_config(*ALL_SECTIONS)(command))
+
+
+for _record in STAGES:
+    if _record.cli:
+        _stage_command(_record)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -47,33 +47,33 @@ def _opt(default, help: str, *, choices: Iterable[str] | None = None, low=None, 
 @dataclass
 class Config:
     # -- data ------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic", "Dataset reader.", choices=DATASETS, section="data")
+    dataset: str = _opt("synthetic", "Dataset reader.", choices=DATASETS, section="catalog")
     root: str | None = _opt(None, "Dataset root folder (synthetic: where images are rendered; "
-                                  "default a per-user cache).", section="data")
+                                  "default a per-user cache).", section="catalog")
     val_fraction: float = _opt(0.1, "Share of each class's train images carved out as the "
                                      "validation split (stratified, seeded).",
-                               low=0.0, high=1.0, high_open=True, section="data")
+                               low=0.0, high=1.0, high_open=True, section="catalog")
     test_fraction: float = _opt(0.25, "Share of each class held out as test where a dataset "
                                       "has no test split (one-folder ImageFolder, synthetic).",
-                                low=0.0, high=1.0, low_open=True, high_open=True, section="data")
+                                low=0.0, high=1.0, low_open=True, high_open=True, section="catalog")
     verify_images: str = _opt("full", "Check every image when cataloguing: 'full' decodes it "
                                       "(catches truncated files), 'header' reads only its header.",
-                              choices=("full", "header"), section="data")
+                              choices=("full", "header"), section="catalog")
     max_image_pixels: int = _opt(89_478_485, "Images with more pixels (width x height, read from "
                                              "the header before decoding) are skipped when "
                                              "cataloguing and refused by predict: a decompression "
                                              "bomb costs no memory. Default: PIL's own threshold.",
-                                 low=1, section="data")
+                                 low=1, section="catalog")
     synthetic_classes: int = _opt(20, "Synthetic dataset: number of classes.", low=2, high=64,
-                                  section="data")
+                                  section="catalog")
     synthetic_per_class: int = _opt(120, "Synthetic dataset: images per class.", low=4,
-                                    section="data")
+                                    section="catalog")
     synthetic_image_size: int = _opt(96, "Synthetic dataset: image side in pixels.", low=32,
-                                     high=1024, section="data")
+                                     high=1024, section="catalog")
     synthetic_seed: int = _opt(0, "Synthetic dataset: seed of its pixels (the split seed is --seed).",
-                               low=0, section="data")
+                               low=0, section="catalog")
     seed: int = _opt(0, "Seed for the validation split, sampling and initialisation.", low=0,
-                     section="data")
+                     section="catalog")
     # -- localization ----------------------------------------------------------------------
     backbone: str = _opt("auto", "Backbone of every network: tiny_cnn, resnet18, resnet50, vgg16, "
                                  "efficientnet_lite0; 'auto' takes tiny_cnn on the synthetic "
@@ -118,110 +118,110 @@ class Config:
     part_min_area: float = _opt(0.06, "Smallest share of the map a part should cover (part area "
                                       "loss).", low=0.0, high=1.0, section="localize")
     # -- stage 1: part networks and FilterNet ------------------------------------------------
-    alpha: float = _opt(1.0, "Weight of the classification loss (Eq. 7).", low=0.0, section="stage1")
+    alpha: float = _opt(1.0, "Weight of the classification loss (Eq. 7).", low=0.0, section="train-parts")
     beta: float = _opt(0.8, "Weight of the triplet loss (Eq. 7); 0 drops it.", low=0.0,
-                       section="stage1")
+                       section="train-parts")
     gamma: float = _opt(1.0, "Weight of the adversarial (shuffled-set) loss (Eq. 7); 0 drops it.",
-                        low=0.0, section="stage1")
+                        low=0.0, section="train-parts")
     triplet_margin: float = _opt(0.2, "Triplet margin m (Eq. 2) on unit-length embeddings.",
-                                 low=0.0, low_open=True, high=4.0, section="stage1")
+                                 low=0.0, low_open=True, high=4.0, section="train-parts")
     triplet_mining: str = _opt("hard", "Triplets of a batch: 'hard' (hardest positive and negative "
                                        "per anchor) or 'all'.", choices=("hard", "all"),
-                               section="stage1")
-    embedding_dim: int = _opt(128, "Part embedding dimension D.", low=2, high=8192, section="stage1")
+                               section="train-parts")
+    embedding_dim: int = _opt(128, "Part embedding dimension D.", low=2, high=8192, section="train-parts")
     part_image_size: int = _opt(0, "Side of the part crops; 0 = half the localizer's image size "
-                                   "(at least 48).", low=0, high=2048, section="stage1")
-    stage1_epochs: int = _opt(30, "Epochs of stage 1.", low=1, section="stage1")
+                                   "(at least 48).", low=0, high=2048, section="train-parts")
+    stage1_epochs: int = _opt(30, "Epochs of stage 1.", low=1, section="train-parts")
     stage1_lr: float = _opt(0.05, "Initial learning rate of stage 1 (paper: SGD 0.05).", low=0.0,
-                            low_open=True, section="stage1")
+                            low_open=True, section="train-parts")
     optimizer: str = _opt("sgd", "Optimizer of stages 1 and 3: 'sgd' (momentum 0.9, the paper's) or "
-                                 "'adamw'.", choices=("sgd", "adamw"), section="stage1")
-    weight_decay: float = _opt(5e-4, "Weight decay of stages 1 and 3.", low=0.0, section="stage1")
+                                 "'adamw'.", choices=("sgd", "adamw"), section="train-parts")
+    weight_decay: float = _opt(5e-4, "Weight decay of stages 1 and 3.", low=0.0, section="train-parts")
     lr_step_epochs: int = _opt(40, "Learning-rate step: multiply by --lr-gamma every this many "
-                                   "epochs (paper: 40).", low=1, section="stage1")
+                                   "epochs (paper: 40).", low=1, section="train-parts")
     lr_gamma: float = _opt(0.1, "Learning-rate step factor.", low=0.0, low_open=True, high=1.0,
-                           section="stage1")
+                           section="train-parts")
     trainable_blocks: int = _opt(-1, "Backbone blocks stages 1 and 3 train; the rest is frozen and "
                                      "its output cached. -1 = all from scratch, 1 when pretrained "
                                      "(stage 3's image classifiers start from the localizer, so "
                                      "they count as pretrained).",
-                                 low=-1, section="stage1")
-    batch_classes: int = _opt(8, "Classes per stage-1 batch (P of P x K).", low=2, section="stage1")
+                                 low=-1, section="train-parts")
+    batch_classes: int = _opt(8, "Classes per stage-1 batch (P of P x K).", low=2, section="train-parts")
     batch_images: int = _opt(4, "Images per class in a stage-1 batch (K of P x K).", low=2,
-                             section="stage1")
+                             section="train-parts")
     discriminator_hidden: int = _opt(256, "Hidden units of the shuffle discriminator D; 0 = the "
                                           "paper's linear D (which cannot beat chance).", low=0,
-                                     section="stage1")
+                                     section="train-parts")
     filternet_hidden: int = _opt(0, "FilterNet hidden units; 0 = linear (per-part logit tables "
-                                    "in stage 2).", low=0, section="stage1")
+                                    "in stage 2).", low=0, section="train-parts")
     # -- stage 2: hard-negative generation ---------------------------------------------------
     per_class: int = _opt(150, "Hard negatives to generate per class (paper: 150-200 best).",
-                          low=1, section="stage2")
+                          low=1, section="generate")
     tau: float = _opt(0.5, "Keep a candidate when FilterNet still gives its reference class a "
                            "softmax score >= tau (calibrated with --calibrate: 0.5 = more likely "
                            "class A than all others together; the paper: 0.95, uncalibrated).",
-                      low=0.0, high=1.0, low_open=True, high_open=True, section="stage2")
+                      low=0.0, high=1.0, low_open=True, high_open=True, section="generate")
     neighbors: int = _opt(16, "Replacement parts per reference part: its K nearest other-class "
-                              "parts (FAISS), nearest first.", low=1, section="stage2")
+                              "parts (FAISS), nearest first.", low=1, section="generate")
     max_part_similarity: float = _opt(0.95, "Skip replacement parts more similar than this (cosine) "
                                             "to the part they replace: near-identical parts make "
                                             "false negatives. 1.0 = the paper (no limit).",
-                                      low=-1.0, high=1.0, section="stage2")
+                                      low=-1.0, high=1.0, section="generate")
     donor_classes: int = _opt(5, "Replace part k of a class-A reference only with parts of the "
                                  "classes most like A on the other parts and least like it on part "
                                  "k (class centroids of the part embeddings): near misses, not "
                                  "look-alikes; 0 = every other class (the paper).", low=0,
-                              section="stage2", before=0)
+                              section="generate", before=0)
     band_quantile: float = _opt(0.5, "Replacement band: skip replacement parts more similar to the "
                                      "part they replace than this quantile of the similarities "
                                      "between two of the reference class's own images (inside the "
                                      "class's own spread: false negatives); 1.0 = no band (the "
                                      "paper's nearest-first order).", low=0.0, high=1.0,
-                                section="stage2", before=1.0)
+                                section="generate", before=1.0)
     neighbour_index: str = _opt("auto", "Part index of the every-class rule (--donor-classes 0): "
                                         "'flat' exact, 'ivf' / 'ivfpq' approximate (their recall "
                                         "against exact search goes to generate.json); 'auto' "
                                         "picks by the number of train images (flat up to 200k, "
                                         "IVF up to 2M, IVF-PQ beyond). Unused with donor classes "
                                         "(exact search over the donors' images).",
-                                choices=("auto", "flat", "ivf", "ivfpq"), section="stage2",
+                                choices=("auto", "flat", "ivf", "ivfpq"), section="generate",
                                 before="auto")
     calibrate: bool = _opt(True, "Fit FilterNet's temperature on val before scoring candidates, so "
-                                 "tau is a calibrated probability.", section="stage2", before=False)
+                                 "tau is a calibrated probability.", section="generate", before=False)
     # -- stage 3: final classifiers -------------------------------------------------------------
     stage3_epochs: int = _opt(12, "Epochs of the original-image and object classifiers (they start "
-                                  "from the localizer's backbone).", low=1, section="stage3")
+                                  "from the localizer's backbone).", low=1, section="train-final")
     stage3_trainable_blocks: int = _opt(-1, "Backbone blocks the original-image and object "
                                             "classifiers train (0 = a linear probe on frozen "
                                             "features); -1 = --trainable-blocks.", low=-1,
-                                        section="stage3")
+                                        section="train-final")
     stage3_lr: float = _opt(0.01, "Initial learning rate of the image classifiers.", low=0.0,
-                            low_open=True, section="stage3")
+                            low_open=True, section="train-final")
     lambda_image: float = _opt(0.8, "Weight of cls vs triplet in the original and object "
-                                    "classifiers (paper: 0.8).", low=0.0, high=1.0, section="stage3")
+                                    "classifiers (paper: 0.8).", low=0.0, high=1.0, section="train-final")
     lambda_parts: float = _opt(0.75, "Weight of cls vs quadruplet in the parts classifier "
-                                     "(Eq. 10, paper: 0.75).", low=0.0, high=1.0, section="stage3")
+                                     "(Eq. 10, paper: 0.75).", low=0.0, high=1.0, section="train-final")
     quad_m1: float = _opt(0.4, "Quadruplet margin m1 (Eq. 9), > m2.", low=0.0, low_open=True,
-                          section="stage3")
+                          section="train-final")
     quad_m2: float = _opt(0.2, "Quadruplet margin m2 (Eq. 9), > 0.", low=0.0, low_open=True,
-                          section="stage3")
+                          section="train-final")
     negatives_per_anchor: int = _opt(1, "Generated hard negatives n+ per anchor in each batch of the "
                                         "parts classifier (Eq. 9 is averaged over them).", low=1,
-                                     section="stage3", before=1)
+                                     section="train-final", before=1)
     parts_epochs: int = _opt(60, "Epochs of the parts classifier (on embeddings: cheap).", low=1,
-                             section="stage3")
+                             section="train-final")
     parts_lr: float = _opt(0.01, "Initial learning rate of the parts classifier (it fine-tunes "
                                  "from the linear probe of the part embeddings).", low=0.0,
-                           low_open=True, section="stage3")
+                           low_open=True, section="train-final")
     parts_hidden: int = _opt(512, "Hidden units of the parts classifier's projection.", low=1,
-                             section="stage3")
+                             section="train-final")
     replace_start_p: float = _opt(0.05, "How sure val must be before a fine-tuned epoch replaces "
                                         "the linear probe it started from (LP-FT): the one-sided "
                                         "sign-test p-value of the epoch beating the probe on the "
                                         "val images they disagree on. 1 = any val gain replaces it.",
-                                  low=0.0, low_open=True, high=1.0, section="stage3", before=1.0)
+                                  low=0.0, low_open=True, high=1.0, section="train-final", before=1.0)
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
-                                 "one included); 1 disables the control.", low=1, section="stage3")
+                                 "one included); 1 disables the control.", low=1, section="train-final")
     # -- evaluate ----------------------------------------------------------------------------
     fusion_rule: str = _opt("loglinear", "How classifier scores are fused, chosen on val: "
                                          "'loglinear' (product of the softmax scores, one "

@@ -12,11 +12,15 @@ from typing import Any, Callable
 from ghns.rundir import RunDir
 from ghns.stages import NAMES
 from ghns.stages import stage as stage_record
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run_catalog(cfg, force: bool = False):
+def run_catalog(cfg: Config, force: bool = False):
     """The catalog stage: every image of the dataset with its split, label and boxes."""
     from ghns.data import Catalog, build_catalog
     from ghns.rundir import fingerprint
@@ -37,8 +41,8 @@ def run_catalog(cfg, force: bool = False):
 AFTER_STAGE: list[Callable[[Any, str], None]] = []
 
 
-def run_until(cfg, stage: str, force: bool = False) -> Any:
-    """Run every stage up to and including ``stage`` (its name or its CLI command); return the
+def run_until(cfg: Config, stage: str, force: bool = False) -> Any:
+    """Run every stage up to and including ``stage`` (``ghns.stages``); return the
     last stage's result."""
     from ghns.rundir import fingerprint
 

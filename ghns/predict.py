@@ -46,9 +46,9 @@ class Predictor:
 
         self.localizer, self.loc_settings = load_model(run.path / "localize" / "model.pt", "localizer")
         self.parts, self.part_settings = load_model(run.part_networks, "part_networks")
-        self.original, self.orig_settings = load_model(run.stage3 / "original.pt", "image_classifier")
-        self.object, self.obj_settings = load_model(run.stage3 / "object.pt", "image_classifier")
-        self.parts_classifier, _ = load_model(run.stage3 / "parts.pt", "parts_classifier")
+        self.original, self.orig_settings = load_model(run.train_final / "original.pt", "image_classifier")
+        self.object, self.obj_settings = load_model(run.train_final / "object.pt", "image_classifier")
+        self.parts_classifier, _ = load_model(run.train_final / "parts.pt", "parts_classifier")
 
     @torch.no_grad()
     def boxes(self, img) -> tuple[tuple, list[tuple]]:

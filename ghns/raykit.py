@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
-def resolve_device(cfg) -> str:
+def resolve_device(cfg: Config) -> str:
     """'cuda' or 'cpu' for the workers: 'auto' means cuda when the cluster has GPUs."""
     if cfg.device != "auto":
         return cfg.device
@@ -55,7 +59,7 @@ def resolve_device(cfg) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def actor_resources(cfg, actors: int) -> dict[str, float]:
+def actor_resources(cfg: Config, actors: int) -> dict[str, float]:
     """Resources per inference actor. On GPU: one GPU each, or an equal share when there are
     more actors than GPUs (two actors on one GPU get half each, instead of one waiting forever).
     On CPU: a fraction of the CPUs that leaves room for Ray Data's own tasks (two 1-CPU actors
@@ -70,7 +74,7 @@ def actor_resources(cfg, actors: int) -> dict[str, float]:
     return {"num_cpus": max(0.25, min(1.0, (cpus - 0.5) / max(1, actors)))}
 
 
-def map_batches_pandas(rows: pd.DataFrame, actor_cls: type, actor_kwargs: dict[str, Any], cfg,
+def map_batches_pandas(rows: pd.DataFrame, actor_cls: type, actor_kwargs: dict[str, Any], cfg: Config,
                        actors: int = 1, batch_size: int = 64) -> pd.DataFrame:
     """Stream ``rows`` through a pool of ``actors`` stateful ``actor_cls`` instances
     (``Ray Data map_batches`` with ``ActorPoolStrategy``) and collect the output as pandas.

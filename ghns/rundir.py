@@ -18,10 +18,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ghns import stages as _stages
 from ghns.errors import GHNSError, StageError
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,37 @@ STALE = "_stale"
 # Stages that only read what earlier stages made and take seconds: changed settings re-run them
 # instead of being refused (e.g. fixed fusion weights from a sweep).
 REDO_ON_CHANGE = tuple(s.name for s in _stages.STAGES if s.redo_on_change)
+
+
+# Stage names of run directories made before each stage had one name (its CLI command).
+LEGACY = {"stage1": "train-parts", "stage3": "train-final"}
+
+
+def _renamed(stages: dict[str, Any]) -> dict[str, Any]:
+    """``stages.json`` with ``LEGACY`` stage names replaced by today's."""
+    out = {LEGACY.get(k, k): v for k, v in stages.items()}
+    if isinstance(out.get(PARTIAL), dict):
+        out[PARTIAL] = {LEGACY.get(k, k): v for k, v in out[PARTIAL].items()}
+    if isinstance(out.get(STALE), list):
+        out[STALE] = [LEGACY.get(k, k) for k in out[STALE]]
+    return out
+
+
+class _Path:
+    """A path in the run directory (a ``RunDir`` attribute): ``name``, or where an older run
+    directory has it under its ``before`` name (stages named ``stage1`` / ``stage3``, ``LEGACY``)
+    and not under ``name``, that one: a run keeps the layout it was made with."""
+
+    def __init__(self, name: str, before: str | None = None) -> None:
+        self.name, self.before = name, before
+
+    def __get__(self, run: "RunDir | None", owner: type | None = None) -> Path:
+        if run is None:  # the attribute of the class itself
+            return self  # type: ignore[return-value]
+        path = run.path / self.name
+        if self.before is not None and not path.exists() and (run.path / self.before).exists():
+            return run.path / self.before
+        return path
 
 
 class RunLocked(GHNSError):
@@ -104,85 +138,44 @@ class RunDir:
             del _HELD[key]
             handle.close()  # releases the lock; the holder line stays as a record
 
-    # -- well-known paths -------------------------------------------------------------------
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def catalog(self) -> Path:
-        return self.path / "catalog.parquet"
-
-    @property
-    def localization(self) -> Path:
-        return self.path / "localization.parquet"
-
-    @property
-    def localization_json(self) -> Path:
-        return self.path / "localization.json"
-
-    @property
-    def stage1_json(self) -> Path:
-        return self.path / "stage1.json"
+    # -- well-known paths (``_Path``) ------------------------------------------------------
+    config = _Path("config.yaml")
+    catalog = _Path("catalog.parquet")
+    localization = _Path("localization.parquet")
+    localization_json = _Path("localization.json")
+    train_parts = _Path("train-parts", before="stage1")  # part networks, FilterNet, history
+    train_parts_json = _Path("train-parts.json", before="stage1.json")
+    embeddings = _Path("embeddings.parquet")
+    negatives = _Path("negatives")
+    generate_json = _Path("generate.json")
+    train_final = _Path("train-final", before="stage3")  # the classifiers and their histories
+    train_final_json = _Path("train-final.json", before="stage3.json")
+    scores = _Path("scores")
+    report_json = _Path("report.json")
+    report_md = _Path("report.md")
+    figures = _Path("figures")
+    stages_file = _Path("stages.json")
 
     @property
     def part_networks(self) -> Path:
-        return self.path / "stage1" / "parts.pt"
+        return self.train_parts / "parts.pt"
 
     @property
     def filternet(self) -> Path:
-        return self.path / "stage1" / "filternet.pt"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.path / "embeddings.parquet"
-
-    @property
-    def negatives(self) -> Path:
-        return self.path / "negatives"
-
-    @property
-    def generate_json(self) -> Path:
-        return self.path / "generate.json"
-
-    @property
-    def stage3(self) -> Path:
-        return self.path / "stage3"
-
-    @property
-    def stage3_json(self) -> Path:
-        return self.path / "stage3.json"
-
-    @property
-    def scores(self) -> Path:
-        return self.path / "scores"
-
-    @property
-    def report_json(self) -> Path:
-        return self.path / "report.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / "report.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
-
-    @property
-    def stages_file(self) -> Path:
-        return self.path / "stages.json"
+        return self.train_parts / "filternet.pt"
 
     # -- stage bookkeeping ------------------------------------------------------------------
     def stages(self) -> dict[str, Any]:
+        """``stages.json``: each done stage's record, under the stages' names (``LEGACY`` names of
+        older run directories are read as today's)."""
         if not self.stages_file.is_file():
             return {}
-        return json.loads(self.stages_file.read_text())
+        return _renamed(json.loads(self.stages_file.read_text()))
 
     def write_stages(self, stages: dict[str, Any]) -> None:
         atomic_write_text(self.stages_file, json.dumps(stages, indent=2, sort_keys=True))
 
-    def begin(self, cfg, name: str, force: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def begin(self, cfg: Config, name: str, force: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """A stage's common start (``ghns.stages``): the files it needs exist (else one line naming
         them and the command that makes them), its fingerprint, and its figures when its output
         exists and it is done already with this fingerprint; None otherwise."""
@@ -195,7 +188,7 @@ class RunDir:
         fp = fingerprint(cfg, stage.name)
         output = getattr(self, stage.writes)
         if output.is_file() and self.is_done(stage.name, fp, force):
-            log.info("%s: done already (%s)", stage.label, output)
+            log.info("%s: done already (%s)", stage.name, output)
             return fp, json.loads(getattr(self, stage.figures).read_text()) if stage.figures else {}
         return fp, None
 
@@ -207,7 +200,7 @@ class RunDir:
         old = record.get("fingerprint", {})
         keys = changed_keys(old, fingerprint)
         if keys and stage in REDO_ON_CHANGE:
-            log.info("%s: settings changed (%s): running it again", _stages.stage(stage).label, ", ".join(keys))
+            log.info("%s: settings changed (%s): running it again", stage, ", ".join(keys))
             return False
         if keys:
             changes = ", ".join(f"{k}: {recorded_value(old, k)!r} -> {fingerprint.get(k)!r}"
@@ -249,7 +242,7 @@ class RunDir:
             if not stages[STALE]:
                 stages.pop(STALE)
             self.write_stages(stages)
-        log.info("%s: started", _stages.stage(name).label)
+        log.info("%s: started", name)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
@@ -265,7 +258,7 @@ class RunDir:
         if downstream:  # their leftover work was made from what this stage just replaced
             stages[STALE] = sorted(set(stages.get(STALE, [])) | set(downstream), key=STAGES.index)
         self.write_stages(stages)
-        log.info("%s: done in %.1f s", _stages.stage(name).label, stages[name]["seconds"])
+        log.info("%s: done in %.1f s", name, stages[name]["seconds"])
 
 
 def holds_run_lock(fn):
@@ -273,7 +266,7 @@ def holds_run_lock(fn):
     import functools
 
     @functools.wraps(fn)
-    def wrapper(cfg, *args, **kwargs):
+    def wrapper(cfg: Config, *args, **kwargs):
         with RunDir(cfg.run_dir).locked():
             return fn(cfg, *args, **kwargs)
 
@@ -327,7 +320,7 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in new if recorded_value(old, k) != new[k])
 
 
-def fingerprint(cfg, stage: str) -> dict[str, Any]:
+def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
     """The config values ``stage`` depends on."""
     import dataclasses
 

@@ -1,42 +1,44 @@
 """The pipeline's stages, in order: one record each. The run directory's bookkeeping (order,
-config sections, which stages resume), the pipeline, the CLI's stage commands and their log lines
-take their names from here.
+config sections, which stages resume), the pipeline, the CLI's stage commands, the sweep spaces
+and the log lines take their names from here.
 
-A stage has two names, kept apart on purpose: ``name`` is its record in ``stages.json`` (and the
-folder of its files, ``stage1/``, ``stage3/``), fixed so that every run directory made so far
-stays readable; ``command`` is what a person types and reads (``ghns train-parts``; the log says
-``train-parts: done already``). The paper's numbering survives only in ``name`` and in the config
-sections (``stage1``, ``stage2``, ``stage3``).
+A stage has one name everywhere: its CLI command (``ghns train-parts``), its record in
+``stages.json``, its folder and figures in the run directory (``train-parts/``,
+``train-parts.json``), its config section and its log lines (``train-parts: done already``). The
+paper's numbering survives in the code's packages (``ghns.stage1`` is ``train-parts``,
+``ghns.stage2`` is ``generate``, ``ghns.stage3`` is ``train-final`` and ``evaluate``) and in the
+settings named after it (``stage1_epochs``). Run directories made before this had ``stage1`` and
+``stage3`` records and folders; ``ghns.rundir`` reads them under today's names (``LEGACY``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                   # record in stages.json, fingerprint key
-    command: str | None         # the CLI command (None: only ``ghns pipeline`` runs it)
-    section: str                # the config section of its own settings
+    name: str                   # the CLI command, record in stages.json, config section
+    cli: bool                   # a CLI command of its own (False: only ``ghns pipeline`` runs it)
     run: str                    # "module:function", called as function(cfg, force)
     needs: tuple[str, ...] = ()  # RunDir attributes of the files it reads from the stage before
     writes: str = ""            # RunDir attribute of the file whose presence means it is done
     figures: str = ""           # RunDir attribute of its figures (JSON)
     resumable: bool = False     # an interrupted run resumes its checkpoints, models or shards
     redo_on_change: bool = False  # changed settings re-run it (it takes seconds) instead of refusing
-
-    @property
-    def label(self) -> str:
-        """Its name in log lines: the command a person types."""
-        return self.command or self.name
+    summary: str = ""           # its command's help line
 
     @property
     def hint(self) -> str:
         """How a person makes this stage's outputs."""
-        return f"run 'ghns {self.command}' first" if self.command else \
+        return f"run 'ghns {self.name}' first" if self.cli else \
             f"run the {self.name} stage first (ghns pipeline)"
 
     def runner(self) -> Callable[[Any, bool], Any]:
@@ -45,26 +47,31 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("catalog", None, "data", "ghns.pipeline:run_catalog", writes="catalog"),
-    Stage("localize", "localize", "localize", "ghns.localize.stage:run_localize", needs=("catalog",),
-          writes="localization", figures="localization_json", resumable=True),
-    Stage("stage1", "train-parts", "stage1", "ghns.stage1.stage:run_stage1", needs=("localization",),
-          writes="stage1_json", figures="stage1_json", resumable=True),
-    Stage("generate", "generate", "stage2", "ghns.stage2.stage:run_generate",
+    Stage("catalog", False, "ghns.pipeline:run_catalog", writes="catalog"),
+    Stage("localize", True, "ghns.localize.stage:run_localize", needs=("catalog",),
+          writes="localization", figures="localization_json", resumable=True,
+          summary="Object boxes and three part boxes per image, learned from class labels alone."),
+    Stage("train-parts", True, "ghns.stage1.stage:run_stage1",
+          needs=("localization",), writes="train_parts_json", figures="train_parts_json", resumable=True,
+          summary="Stage 1: three part networks (cls + triplet + adversarial), the embedding table, FilterNet."),
+    Stage("generate", True, "ghns.stage2.stage:run_generate",
           needs=("embeddings", "filternet"), writes="generate_json", figures="generate_json",
-          resumable=True),
-    Stage("stage3", "train-final", "stage3", "ghns.stage3.stage:run_stage3", needs=("generate_json",),
-          writes="stage3_json", figures="stage3_json", resumable=True),
-    Stage("evaluate", "evaluate", "evaluate", "ghns.stage3.evaluate:run_evaluate", needs=("stage3_json",),
-          writes="report_json", figures="report_json", redo_on_change=True),
+          resumable=True,
+          summary="Stage 2: hard negatives by part shuffling, FAISS priority and FilterNet, per class."),
+    Stage("train-final", True, "ghns.stage3.stage:run_stage3",
+          needs=("generate_json",), writes="train_final_json", figures="train_final_json", resumable=True,
+          summary="Stage 3: parts classifier with hard negatives (quadruplet), original and object classifiers."),
+    Stage("evaluate", True, "ghns.stage3.evaluate:run_evaluate", needs=("train_final_json",),
+          writes="report_json", figures="report_json", redo_on_change=True,
+          summary="Scores on val and test, fusion weights chosen on val, report.json / report.md / figures."),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)  # pipeline order
 
 
 def stage(name: str) -> Stage:
-    """The stage recorded as ``name`` (or run by the command ``name``)."""
+    """The stage ``name``."""
     for s in STAGES:
-        if name in (s.name, s.command):
+        if s.name == name:
             return s
     raise KeyError(f"no stage {name!r} (stages: {', '.join(NAMES)})")
 
@@ -77,4 +84,32 @@ def before(name: str) -> Stage | None:
 
 def sections(name: str) -> tuple[str, ...]:
     """The config sections ``name`` depends on: its own and every earlier stage's."""
-    return tuple(s.section for s in STAGES[: NAMES.index(name) + 1])
+    return NAMES[: NAMES.index(name) + 1]
+
+
+def stage_runner(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``body(cfg, run, fingerprint, force)`` the runner of stage ``name``, called as
+    ``runner(cfg, force=False)``: the preamble every stage shares runs first (``RunDir.begin``:
+    its inputs exist, its fingerprint, its figures when it is done already, returned without
+    calling ``body``); for a resumable stage ``force`` also becomes true when an earlier stage ran
+    again since its interrupted work began (``RunDir.starts_over``), and interrupted work begun
+    with other settings is refused before ``body`` removes anything (``RunDir.check_partial``)."""
+    record = stage(name)
+
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(body)
+        def runner(cfg: Config, force: bool = False) -> Any:
+            from ghns.rundir import RunDir
+
+            run = RunDir(cfg.run_dir)
+            fp, done = run.begin(cfg, record.name, force)
+            if done is not None:
+                return done
+            if record.resumable:
+                force = run.starts_over(record.name, force)
+                run.check_partial(record.name, fp, force)
+            return body(cfg, run, fp, force)
+
+        return runner
+
+    return decorate

@@ -41,6 +41,10 @@ import numpy as np
 from ghns.errors import ConfigError, StageError
 from ghns.rundir import RunDir, atomic_path, atomic_write_text, holds_run_lock
 from ghns.train.specs import StudySpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,7 @@ def study_loop(config: dict[str, Any]) -> None:
 # -- the driver --------------------------------------------------------------------------------
 
 @holds_run_lock
-def run_study(cfg, seeds: int, tau_grid: list[float] | None = None,
+def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
               per_class_grid: list[int] | None = None, out: str | None = None,
               force: bool = False) -> dict[str, Any]:
     """Run the study over ``cfg.run_dir`` (running what it needs first); returns study.json."""
@@ -178,7 +182,7 @@ def run_study(cfg, seeds: int, tau_grid: list[float] | None = None,
     return result
 
 
-def _parts_config(cfg) -> dict[str, Any]:
+def _parts_config(cfg: Config) -> dict[str, Any]:
     from dataclasses import asdict
 
     from ghns.stage3.parts import PartsSettings
@@ -195,7 +199,7 @@ def _embeddings_stamp(run: RunDir) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def bank_folders(cfg, run: RunDir, folder: Path, banks: list[BankSpec]) -> dict[str, Path]:
+def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) -> dict[str, Path]:
     """Where each bank setting's negatives are: the run's own bank when its settings match and it
     holds at least N per class, else a bank generated for the study (once per tau, at the largest
     N of the grid) under ``<study>/banks/``."""
@@ -223,7 +227,7 @@ def bank_folders(cfg, run: RunDir, folder: Path, banks: list[BankSpec]) -> dict[
     return out
 
 
-def _train_jobs(cfg, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
+def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
                 parts: dict[str, Any], num_classes: int, digest: str) -> None:
     from ghns.stage3.parts import PartsSettings
     from ghns.train.runner import fit

@@ -3,10 +3,10 @@
 Three search spaces, each re-running only the stages its parameters feed, in one trial directory
 per trial under ``<run_dir>/sweeps/<space>/`` that links the base run's upstream outputs:
 
-- ``stage1``: the loss weights alpha, beta, gamma (Eq. 7). A trial trains the part networks
+- ``train-parts``: the loss weights alpha, beta, gamma (Eq. 7). A trial trains the part networks
   (Ray Train, Train V2 style: the trial is a driver function that builds the ``TorchTrainer``);
   every epoch's validation accuracy reaches Tune, so ASHA stops weak trials early.
-- ``stage2``: tau and negatives per class N. A trial generates the bank and trains the parts
+- ``generate``: tau and negatives per class N. A trial generates the bank and trains the parts
   classifier on it (ASHA on its per-epoch validation accuracy); the fused validation accuracy
   with the base run's original and object classifiers is reported beside it.
 - ``fusion``: the fusion weights (a, b, c) of Eq. 11, from the cached validation scores: no
@@ -24,31 +24,42 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
+from ghns import stages as _stages
 from ghns.errors import StageError
 from ghns.rundir import RunDir, atomic_write_text, holds_run_lock
 
+if TYPE_CHECKING:
+    from ghns.config import Config
+
 log = logging.getLogger(__name__)
 
-SPACES = ("stage1", "stage2", "fusion")
+SPACES = ("train-parts", "generate", "fusion")  # a stage swept (its own settings), or fusion
 
-# What each space's trial needs from the base run (paths relative to the run directory), which
-# stages it inherits as done, and the metric Tune maximises.
-NEEDS = {
-    "stage1": ("catalog.parquet", "localization.parquet", "localization.json", "localize"),
-    "stage2": ("catalog.parquet", "localization.parquet", "localization.json", "localize",
-               "stage1", "stage1.json", "embeddings.parquet", "scores"),
-    "fusion": ("scores",),
-}
-INHERITED = {"stage1": ("catalog", "localize"), "stage2": ("catalog", "localize", "stage1"),
-             "fusion": ()}
-METRIC = {"stage1": "val_acc_parts_vote", "stage2": "val_acc", "fusion": "val_fused"}
-FINAL = {"stage1": "filternet_val_accuracy", "stage2": "val_fused", "fusion": "val_fused"}  # last report only
-PARAMS = {"stage1": ("alpha", "beta", "gamma"), "stage2": ("tau", "per_class"),
+
+def needs(run: RunDir, space: str) -> list[Path]:
+    """What a trial of ``space`` takes from the base run (linked into the trial's directory)."""
+    upstream = [run.catalog, run.localization, run.localization_json, run.path / "localize"]
+    if space == "train-parts":
+        return upstream
+    if space == "generate":
+        return upstream + [run.train_parts, run.train_parts_json, run.embeddings, run.scores]
+    return [run.scores]
+
+
+def inherited(space: str) -> tuple[str, ...]:
+    """The stages a trial of ``space`` inherits as done: those before the swept stage."""
+    return _stages.NAMES[: _stages.NAMES.index(space)] if space in _stages.NAMES else ()
+
+
+# The metric Tune maximises (every report; FINAL: the last report only) and what is swept.
+METRIC = {"train-parts": "val_acc_parts_vote", "generate": "val_acc", "fusion": "val_fused"}
+FINAL = {"train-parts": "filternet_val_accuracy", "generate": "val_fused", "fusion": "val_fused"}
+PARAMS = {"train-parts": ("alpha", "beta", "gamma"), "generate": ("tau", "per_class"),
           "fusion": ("fusion_weights",)}
 
 
@@ -58,10 +69,10 @@ def search_space(space: str, step: float = 0.05) -> dict[str, Any]:
 
     from ghns.fusion import weight_grid
 
-    if space == "stage1":
+    if space == "train-parts":
         return {"alpha": tune.quniform(0.5, 1.5, 0.05), "beta": tune.quniform(0.0, 1.5, 0.05),
                 "gamma": tune.quniform(0.0, 1.5, 0.05)}
-    if space == "stage2":
+    if space == "generate":
         return {"tau": tune.quniform(0.3, 0.99, 0.01), "per_class": tune.choice([50, 100, 150, 200])}
     if space == "fusion":
         return {"fusion_weights": tune.choice([",".join(f"{w:g}" for w in t)
@@ -71,9 +82,9 @@ def search_space(space: str, step: float = 0.05) -> dict[str, Any]:
 
 def check_base(run: RunDir, space: str) -> None:
     """A one-line error when the base run lacks what ``space`` builds on."""
-    missing = [name for name in NEEDS[space] if not (run.path / name).exists()]
+    missing = [p.name for p in needs(run, space) if not p.exists()]
     if missing:
-        first = {"stage1": "ghns localize", "stage2": "ghns pipeline", "fusion": "ghns pipeline"}
+        first = {"train-parts": "ghns localize", "generate": "ghns pipeline", "fusion": "ghns pipeline"}
         raise StageError(f"sweep --space {space} needs {', '.join(missing)} in {run.path}: "
                          f"run '{first[space]} --run-dir {run.path}' first")
 
@@ -83,12 +94,12 @@ def trial_dir(base: RunDir, sweep_dir: Path, space: str, trial_id: str) -> RunDi
     records copied for the inherited stages (so their fingerprints still hold)."""
     out = RunDir(sweep_dir / "trials" / trial_id)
     out.path.mkdir(parents=True, exist_ok=True)
-    for name in NEEDS[space]:
-        link = out.path / name
+    for path in needs(base, space):
+        link = out.path / path.relative_to(base.path)  # under the base run's own names
         if not link.exists():
-            link.symlink_to((base.path / name).resolve())
+            link.symlink_to(path.resolve())
     stages = base.stages()
-    out.write_stages({k: stages[k] for k in INHERITED[space] if k in stages})
+    out.write_stages({k: stages[k] for k in inherited(space) if k in stages})
     return out
 
 
@@ -107,17 +118,17 @@ def _trial(params: dict[str, Any], *, base_config: dict[str, Any], base_dir: str
     run = trial_dir(base, Path(sweep_dir), space, trial_id)
     cfg = Config(**{**base_config, **params, "run_dir": str(run.path),
                     "ray_address": base_config.get("ray_address")})
-    if space == "stage1":
+    if space == "train-parts":
         from ghns.stage1.stage import run_stage1
 
         figures = run_stage1(cfg)
         tune.report({METRIC[space]: figures["val_accuracy_parts_vote"],
                      "filternet_val_accuracy": figures["filternet"]["val_accuracy"]})
     else:
-        tune.report(_stage2_trial(cfg, run, base))
+        tune.report(_generate_trial(cfg, run, base))
 
 
-def _stage2_trial(cfg, run: RunDir, base: RunDir) -> dict[str, float]:
+def _generate_trial(cfg: Config, run: RunDir, base: RunDir) -> dict[str, float]:
     from ghns.data import Catalog
     from ghns.fusion import search_weights
     from ghns.stage1.table import read_embeddings
@@ -130,10 +141,10 @@ def _stage2_trial(cfg, run: RunDir, base: RunDir) -> dict[str, float]:
     val = dict(np.load(base.scores / "val.npz"))
     meta, emb = read_embeddings(run.embeddings)
     index = {int(i): k for k, i in enumerate(meta["image_id"])}
-    parts = parts_scores(run.stage3 / "parts.pt", emb[[index[int(i)] for i in val["image_id"]]])
+    parts = parts_scores(run.train_final / "parts.pt", emb[[index[int(i)] for i in val["image_id"]]])
     weights, fused = search_weights([val["original"], val["object"], parts], val["label"],
                                     cfg.fusion_step)
-    return {METRIC["stage2"]: figures["val_accuracy"], "val_fused": round(fused, 2),
+    return {METRIC["generate"]: figures["val_accuracy"], "val_fused": round(fused, 2),
             "kept": gen["kept"], "fusion_weights": ",".join(f"{w:g}" for w in weights)}
 
 
@@ -156,7 +167,7 @@ class SweepResult:
 
 
 @holds_run_lock
-def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent: int = 1,
+def run_sweep(cfg: Config, space: str, trials: int, scheduler: str = "asha", concurrent: int = 1,
               seed: int | None = None) -> SweepResult:
     """Run ``trials`` Tune trials of ``space`` over the run in ``cfg.run_dir``."""
     from ray import tune
@@ -166,7 +177,9 @@ def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent:
     from ghns.raykit import ensure_ray
 
     if space not in SPACES:
-        raise StageError(f"unknown sweep space {space!r}; choose one of {', '.join(SPACES)}")
+        renamed = {"stage1": "train-parts", "stage2": "generate"}.get(space)
+        raise StageError(f"unknown sweep space {space!r}; choose one of {', '.join(SPACES)}"
+                         + (f" ('{space}' is called '{renamed}' now)" if renamed else ""))
     base = RunDir(cfg.run_dir)
     check_base(base, space)
     sweep_dir = (base.path / "sweeps" / space).resolve()
@@ -174,7 +187,7 @@ def run_sweep(cfg, space: str, trials: int, scheduler: str = "asha", concurrent:
         shutil.rmtree(sweep_dir)
     sweep_dir.mkdir(parents=True)
     ensure_ray(cfg)
-    max_t = {"stage1": cfg.stage1_epochs, "stage2": cfg.parts_epochs}.get(space, 1)
+    max_t = {"train-parts": cfg.stage1_epochs, "generate": cfg.parts_epochs}.get(space, 1)
     # ASHA counts epochs (the loops' "epoch", 0-based), not reports: Ray Train reports are
     # throttled (see WorkerContext.report), so one report can cover several epochs.
     sched = (ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=max(1, max_t // 4),
@@ -230,7 +243,7 @@ def best_values(space: str, best: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def write_outputs(cfg, space: str, table: list[dict[str, Any]], best: dict[str, Any],
+def write_outputs(cfg: Config, space: str, table: list[dict[str, Any]], best: dict[str, Any],
                   sweep_dir: Path) -> Path:
     import pandas as pd
 

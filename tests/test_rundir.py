@@ -22,16 +22,16 @@ def begin_and_stop(run: RunDir, stage: str, fp: dict) -> None:
 
 def test_interrupted_work_is_refused_under_other_settings(tmp_path):
     run = RunDir(tmp_path / "run")
-    begin_and_stop(run, "stage3", {"stage3_lr": 0.01, "seed": 0})
-    assert run.stages()[PARTIAL]["stage3"] == {"stage3_lr": 0.01, "seed": 0}
-    assert "stage3" not in run.stages()
-    with pytest.raises(StageError, match=r"interrupted work of stage 'stage3' .*stage3_lr: 0.01 -> 0.05"):
-        with run.stage("stage3", {"stage3_lr": 0.05, "seed": 0}):
+    begin_and_stop(run, "train-final", {"stage3_lr": 0.01, "seed": 0})
+    assert run.stages()[PARTIAL]["train-final"] == {"stage3_lr": 0.01, "seed": 0}
+    assert "train-final" not in run.stages()
+    with pytest.raises(StageError, match=r"interrupted work of stage 'train-final' .*stage3_lr: 0.01 -> 0.05"):
+        with run.stage("train-final", {"stage3_lr": 0.05, "seed": 0}):
             pass
-    with run.stage("stage3", {"stage3_lr": 0.01, "seed": 0}):  # the same settings resume it
+    with run.stage("train-final", {"stage3_lr": 0.01, "seed": 0}):  # the same settings resume it
         pass
     stages = json.loads(run.stages_file.read_text())
-    assert PARTIAL not in stages and stages["stage3"]["fingerprint"]["stage3_lr"] == 0.01
+    assert PARTIAL not in stages and stages["train-final"]["fingerprint"]["stage3_lr"] == 0.01
 
 
 def test_force_starts_interrupted_work_over(tmp_path):
@@ -55,17 +55,17 @@ def test_a_rerun_stage_makes_the_leftover_work_of_later_stages_start_over(tmp_pa
     run = RunDir(tmp_path / "run")
     with run.stage("localize", {"a": 1}):
         pass
-    assert run.starts_over("stage1") and run.starts_over("stage3")  # nothing of theirs is valid
-    begin_and_stop(run, "stage1", {"b": 1})  # stage 1 began (on these boxes), then died
-    assert not run.starts_over("stage1")  # its checkpoints are of the current boxes: resume them
+    assert run.starts_over("train-parts") and run.starts_over("train-final")  # nothing of theirs is valid
+    begin_and_stop(run, "train-parts", {"b": 1})  # stage 1 began (on these boxes), then died
+    assert not run.starts_over("train-parts")  # its checkpoints are of the current boxes: resume them
     with run.stage("localize", {"a": 1}, force=True):  # the boxes are made again
         pass
-    assert run.starts_over("stage1")  # stage 1's checkpoints are of the old boxes now
-    run.check_partial("stage1", {"b": 2})  # and its old settings bind nothing
-    with run.stage("stage1", {"b": 2}):
+    assert run.starts_over("train-parts")  # stage 1's checkpoints are of the old boxes now
+    run.check_partial("train-parts", {"b": 2})  # and its old settings bind nothing
+    with run.stage("train-parts", {"b": 2}):
         pass
-    assert not run.starts_over("stage1") and run.starts_over("stage3")
-    assert run.starts_over("stage1", force=True)
+    assert not run.starts_over("train-parts") and run.starts_over("train-final")
+    assert run.starts_over("train-parts", force=True)
 
 
 def test_atomic_path_replaces_on_success_and_leaves_the_old_file_on_error(tmp_path):

@@ -24,7 +24,7 @@ def test_reports_to_ray_are_throttled_but_the_last_epoch_always_goes(monkeypatch
 
 
 def test_keep_best_keeps_the_best_validation_epoch():
-    from ghns.stage3.train import KeepBest
+    from ghns.train.epochs import KeepBest
 
     model = torch.nn.Linear(2, 1)
     best = KeepBest()
@@ -42,7 +42,7 @@ def test_keep_best_keeps_the_best_validation_epoch():
 
 
 def test_keep_best_replaces_the_start_only_beyond_chance_on_val():
-    from ghns.stage3.train import KeepBest
+    from ghns.train.epochs import KeepBest
 
     model = torch.nn.Linear(2, 1)
     start = torch.tensor([True] * 140 + [False] * 10)  # the probe: 140 of 150 right
@@ -79,10 +79,10 @@ def test_keep_best_replaces_the_start_only_beyond_chance_on_val():
 def test_one_progress_line_per_epoch_from_the_main_worker(capsys):
     from ghns.train import runner
 
-    ctx = runner.WorkerContext(WorkerSpec(epochs=4, progress=True, run_name="stage3_original"))
+    ctx = runner.WorkerContext(WorkerSpec(epochs=4, progress=True, run_name="train-final_original"))
     ctx.report({"epoch": 1, "loss": 0.5, "val_acc": 91.25, "epoch_seconds": 2.0})
     line = capsys.readouterr().out.strip()
-    assert line.startswith("stage3_original: epoch 2/4  loss 0.5000  val_acc 91.25")
+    assert line.startswith("train-final_original: epoch 2/4  loss 0.5000  val_acc 91.25")
     assert line.endswith("s left")
     runner.WorkerContext(WorkerSpec(epochs=4)).report({"epoch": 0, "loss": 0.5})  # progress off
     worker = runner.WorkerContext(WorkerSpec(epochs=4, progress=True))

@@ -29,8 +29,8 @@ def _specs(tmp_path) -> list[Spec]:
     run = RunDir(cfg.run_dir)
     return [LocalizerSpec.from_config(cfg, run, 20),
             PartNetworksSpec.from_config(cfg, run, 20),
-            ImageClassifierSpec.from_config(cfg, run, 20, crop="object", seed=3, output=run.stage3 / "o.pt"),
-            PartsClassifierSpec.from_config(cfg, run, 20, use_negatives=True, output=run.stage3 / "p.pt")]
+            ImageClassifierSpec.from_config(cfg, run, 20, crop="object", seed=3, output=run.train_final / "o.pt"),
+            PartsClassifierSpec.from_config(cfg, run, 20, use_negatives=True, output=run.train_final / "p.pt")]
 
 
 def _leaves(spec) -> dict:

@@ -13,20 +13,20 @@ from ghns.stages import NAMES, STAGES, before, stage
 
 
 def test_bookkeeping_derived_from_the_registry_is_what_run_directories_hold():
-    assert rundir.STAGES == ("catalog", "localize", "stage1", "generate", "stage3", "evaluate")
+    assert rundir.STAGES == ("catalog", "localize", "train-parts", "generate", "train-final", "evaluate")
     assert rundir.STAGE_SECTIONS == {
-        "catalog": ("data",),
-        "localize": ("data", "localize"),
-        "stage1": ("data", "localize", "stage1"),
-        "generate": ("data", "localize", "stage1", "stage2"),
-        "stage3": ("data", "localize", "stage1", "stage2", "stage3"),
-        "evaluate": ("data", "localize", "stage1", "stage2", "stage3", "evaluate"),
+        "catalog": ("catalog",),
+        "localize": ("catalog", "localize"),
+        "train-parts": ("catalog", "localize", "train-parts"),
+        "generate": ("catalog", "localize", "train-parts", "generate"),
+        "train-final": ("catalog", "localize", "train-parts", "generate", "train-final"),
+        "evaluate": ("catalog", "localize", "train-parts", "generate", "train-final", "evaluate"),
     }
-    assert rundir.RESUMABLE == ("localize", "stage1", "generate", "stage3")
+    assert rundir.RESUMABLE == ("localize", "train-parts", "generate", "train-final")
     assert rundir.REDO_ON_CHANGE == ("evaluate",)
 
 
-def test_every_stage_names_real_files_a_runner_and_a_command(tmp_path):
+def test_every_stage_has_one_name_for_its_files_runner_section_and_command(tmp_path):
     from ghns.cli import app
 
     run = RunDir(tmp_path / "run")
@@ -36,11 +36,37 @@ def test_every_stage_names_real_files_a_runner_and_a_command(tmp_path):
         for attr in (*s.needs, s.writes, *([s.figures] if s.figures else [])):
             assert str(getattr(run, attr)).startswith(str(run.path)), (s.name, attr)
         assert callable(s.runner())
-        assert s.section in sections
-        assert s.command is None or s.command in commands, s.command
-        assert stage(s.name) is s and (s.command is None or stage(s.command) is s)
-    with pytest.raises(KeyError):
-        stage("stage2")  # a config section, not a stage
+        assert s.name in sections  # its settings' config section
+        assert (s.name in commands) == s.cli, s.name
+        assert stage(s.name) is s
+    assert sections - set(NAMES) == {"run"}  # every other section is a stage's
+    for old in ("stage1", "stage2", "stage3"):
+        with pytest.raises(KeyError):
+            stage(old)
+
+
+def test_a_run_directory_of_the_older_stage_names_is_read_under_todays(tmp_path):
+    """Before each stage had one name, stage 1 and 3 were recorded (and kept their files) as
+    ``stage1`` / ``stage3``: such a run reads as done, its files found where they are."""
+    import json
+
+    from ghns.rundir import PARTIAL, STALE
+
+    run = RunDir(tmp_path / "old")
+    (run.path / "stage1").mkdir(parents=True)
+    (run.path / "stage1" / "parts.pt").write_bytes(b"x")
+    (run.path / "stage3").mkdir()
+    (run.path / "stage3.json").write_text("{}")
+    run.stages_file.write_text(json.dumps({"localize": {"seconds": 1}, "stage1": {"seconds": 2},
+                                           PARTIAL: {"stage3": {"seed": 0}}, STALE: ["stage3"]}))
+    stages = run.stages()
+    assert set(stages) == {"localize", "train-parts", PARTIAL, STALE}
+    assert stages[PARTIAL] == {"train-final": {"seed": 0}} and stages[STALE] == ["train-final"]
+    assert run.part_networks == run.path / "stage1" / "parts.pt"
+    assert run.train_final == run.path / "stage3" and run.train_final_json == run.path / "stage3.json"
+    assert run.train_parts_json == run.path / "train-parts.json"  # not there in either name: today's
+    new = RunDir(tmp_path / "new")
+    assert new.train_parts == new.path / "train-parts" and new.train_final == new.path / "train-final"
 
 
 def test_a_missing_input_names_the_command_of_the_stage_before(tmp_path):

@@ -22,9 +22,9 @@ def test_mirror_pushes_only_changed_files_and_pull_restores_them(tmp_path):
     from ghns.storage import Mirror, pull
 
     run, remote = tmp_path / "run", tmp_path / "remote"
-    (run / "stage1").mkdir(parents=True)
+    (run / "train-parts").mkdir(parents=True)
     (run / "config.yaml").write_text("a: 1\n")
-    (run / "stage1" / "parts.pt").write_bytes(os.urandom(3 << 20))
+    (run / "train-parts" / "parts.pt").write_bytes(os.urandom(3 << 20))
     mirror = Mirror(run, f"file://{remote}")
     assert mirror.push() == 2
     assert mirror.push() == 0  # nothing changed
@@ -32,12 +32,12 @@ def test_mirror_pushes_only_changed_files_and_pull_restores_them(tmp_path):
     (run / "config.yaml").write_text("a: 2\n")
     (run / "report.json").write_text("{}")
     assert mirror.push() == 2
-    assert (remote / "stage1" / "parts.pt").read_bytes() == (run / "stage1" / "parts.pt").read_bytes()
+    assert (remote / "train-parts" / "parts.pt").read_bytes() == (run / "train-parts" / "parts.pt").read_bytes()
 
     fresh = tmp_path / "fresh"
     assert pull(f"file://{remote}", fresh) == 3
     assert (fresh / "config.yaml").read_text() == "a: 2\n"
-    assert (fresh / "stage1" / "parts.pt").read_bytes() == (run / "stage1" / "parts.pt").read_bytes()
+    assert (fresh / "train-parts" / "parts.pt").read_bytes() == (run / "train-parts" / "parts.pt").read_bytes()
     assert pull(f"file://{tmp_path / 'nothing-here'}", tmp_path / "x") == 0
 
 

@@ -9,6 +9,10 @@ from typing import Callable, NamedTuple, cast
 import pandas as pd
 
 from ghns.errors import DataError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def get_reader(name: str) -> Reader:
     return READERS[name]
 
 
-def build_catalog(cfg, progress: bool = True):
+def build_catalog(cfg: Config, progress: bool = True):
     """Read ``cfg.dataset`` at ``cfg.root``, drop unusable images (counted), carve val."""
     from ghns.data.catalog import make_catalog, stratified_holdout
     from ghns.data.images import verify_images

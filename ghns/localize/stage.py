@@ -26,17 +26,18 @@ from ghns.localize.train import localizer_loop
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.train.specs import LocalizerSpec
 from ghns.models import N_PARTS
+from ghns.stages import stage_runner
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run_localize(cfg, force: bool = False) -> dict[str, Any]:
-    """Run (or skip, when done) the localize stage; returns the figures of localization.json."""
-    run = RunDir(cfg.run_dir)
-    fp, done = run.begin(cfg, "localize", force)
-    if done is not None:
-        return done
-    force = run.starts_over("localize", force)
+@stage_runner("localize")
+def run_localize(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dict[str, Any]:
+    """The localize stage; returns the figures of localization.json."""
     catalog = Catalog.read(run.catalog)
     table = catalog.table
     true_objects, true_parts = oracle.object_boxes(table), oracle.part_boxes(table)
@@ -61,7 +62,7 @@ def run_localize(cfg, force: bool = False) -> dict[str, Any]:
     return figures
 
 
-def _learned_boxes(cfg, run: RunDir, catalog: Catalog, force: bool) -> tuple[pd.DataFrame, list]:
+def _learned_boxes(cfg: Config, run: RunDir, catalog: Catalog, force: bool) -> tuple[pd.DataFrame, list]:
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.train.runner import fit
 
@@ -87,7 +88,7 @@ def _learned_boxes(cfg, run: RunDir, catalog: Catalog, force: bool) -> tuple[pd.
     return found.drop(columns=["path"]), result.history
 
 
-def _choose_boxes(cfg, out: pd.DataFrame, true_objects, true_parts) -> None:
+def _choose_boxes(cfg: Config, out: pd.DataFrame, true_objects, true_parts) -> None:
     """Fill ``obj_*`` (from the object method) and ``part{k}_*`` boxes in place."""
     if cfg.object_method == "oracle":
         obj = np.asarray(true_objects, dtype=float)
@@ -117,7 +118,7 @@ def _image_sizes(out: pd.DataFrame) -> list[tuple[float, float]]:
     return list(zip(out["image_h"].to_numpy(dtype=float), out["image_w"].to_numpy(dtype=float)))
 
 
-def _measure(cfg, out: pd.DataFrame, true_objects, true_parts, history) -> dict[str, Any]:
+def _measure(cfg: Config, out: pd.DataFrame, true_objects, true_parts, history) -> dict[str, Any]:
     splits = ("train", "val", "test")
     figures: dict[str, Any] = {"object_method": cfg.object_method, "part_method": cfg.part_method,
                                "backbone": cfg.resolved_backbone(),

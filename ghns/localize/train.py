@@ -21,7 +21,8 @@ from ghns.losses import part_area, part_compactness, part_presence, part_separat
 from ghns.models.backbones import create_backbone
 from ghns.models.localizer import PartLocalizer
 from ghns.checkpoint import save_checkpoint
-from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.epochs import Training, run_epochs
+from ghns.train.runner import WorkerContext
 from ghns.train.specs import LocalizerSpec, ModelSpec
 from ghns.train.streams import Streams
 
@@ -72,22 +73,18 @@ def localizer_loop(config: dict[str, Any]) -> None:
     batch, epochs = spec.batch_size, spec.optim.epochs
     steps = epochs * max(1, math.ceil(len(train_y) / batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.optim.lr, total_steps=steps)
-    streams = Streams(spec.seed * 1000 + ctx.rank)
-    start = resume(ctx.restore(), model, opt, sched, streams)
-    gen = streams.torch
+    t = Training(model, opt, sched, Streams(spec.seed * 1000 + ctx.rank), schedule_per_epoch=False)
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float() if cached else to_float(x)
         if train:
-            x = augment(x, gen, max_shift=0.0 if cached else 0.1)
+            x = augment(x, t.streams.torch, max_shift=0.0 if cached else 0.1)
         return x.to(ctx.device)
 
-    for epoch in range(start, epochs):
-        ctx.fail_once(epoch)
-        metrics = _localizer_epoch(spec, ctx, net, model, opt, sched, train_x, train_y, inputs, gen)
-        metrics.update(_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx))
-        metrics["epoch"] = epoch
-        ctx.report(metrics, training_state(model, opt, sched, epoch, streams))
+    run_epochs(ctx, t, epochs,
+               lambda: _localizer_epoch(spec, ctx, net, model, opt, sched, train_x, train_y, inputs,
+                                        t.streams.torch),
+               lambda: (_val_accuracy(net, model, val_x, val_y, inputs, cached, ctx), None))
     if ctx.is_main:
         save_checkpoint(spec.output, model, spec.model.to_dict())
 

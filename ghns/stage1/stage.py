@@ -1,5 +1,5 @@
 """The stage-1 stage: train the part networks (Ray Train), embed every (image, part) (Ray Data),
-train FilterNet, write ``stage1/`` and ``embeddings.parquet``, report ``stage1.json``."""
+train FilterNet, write ``train-parts/`` and ``embeddings.parquet``, report ``train-parts.json``."""
 
 from __future__ import annotations
 
@@ -20,18 +20,20 @@ from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
 from ghns.stage1.train import stage1_loop
 from ghns.train.specs import PartNetworksSpec
+from ghns.stages import stage_runner
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
-    fp, done = run.begin(cfg, "stage1", force)
-    if done is not None:
-        return done
-    force = run.starts_over("stage1", force)
+@stage_runner("train-parts")
+def run_stage1(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Stage 1 (``ghns train-parts``); returns the figures of train-parts.json."""
     catalog = Catalog.read(run.catalog)
-    with run.stage("stage1", fp, force) as record:
+    with run.stage("train-parts", fp, force) as record:
         history = _train_parts(cfg, run, catalog, force)
         meta, emb = _embed(cfg, run, catalog)
         write_embeddings(run.embeddings, meta, emb)
@@ -50,26 +52,26 @@ def run_stage1(cfg, force: bool = False) -> dict[str, Any]:
             "discriminator_train_accuracy": round(100 * last.get("adv_accuracy", float("nan")), 1),
         })
         record["figures"] = {"filternet_val_accuracy": figures["filternet"]["val_accuracy"]}
-        atomic_write_text(run.stage1_json, json.dumps(figures, indent=2))
-    log.info("stage1: FilterNet val accuracy %.2f%%, part networks %s",
+        atomic_write_text(run.train_parts_json, json.dumps(figures, indent=2))
+    log.info("train-parts: FilterNet val accuracy %.2f%%, part networks %s",
              figures["filternet"]["val_accuracy"], figures["val_accuracy_parts"])
     return figures
 
 
-def _train_parts(cfg, run: RunDir, catalog: Catalog, force: bool) -> list[dict]:
+def _train_parts(cfg: Config, run: RunDir, catalog: Catalog, force: bool) -> list[dict]:
     from ghns.train.runner import fit
 
-    storage = run.path / "ray" / "stage1"
-    history_file = run.path / "stage1" / "history.json"
+    storage = run.path / "ray" / "train-parts"
+    history_file = run.train_parts / "history.json"
     if force:
         shutil.rmtree(storage, ignore_errors=True)
         history_file.unlink(missing_ok=True)
     spec = PartNetworksSpec.from_config(cfg, run, len(catalog.classes))
-    fit(stage1_loop, spec, cfg, name="stage1", history_file=history_file, epochs=spec.optim.epochs)
+    fit(stage1_loop, spec, cfg, name="train-parts", history_file=history_file, epochs=spec.optim.epochs)
     return json.loads(history_file.read_text()) if history_file.is_file() else []
 
 
-def _embed(cfg, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
+def _embed(cfg: Config, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
 
     loc = pd.read_parquet(run.localization)
@@ -81,12 +83,12 @@ def _embed(cfg, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray
                              cfg, actors=cfg.actors, batch_size=cfg.batch_size)
     failed = int(out["image_failed"].sum())
     if failed:
-        raise StageError(f"stage1: {failed} images could not be read while embedding")
+        raise StageError(f"train-parts: {failed} images could not be read while embedding")
     emb = np.stack([np.stack(out[f"part{k}"].to_numpy()) for k in (1, 2, 3)], axis=1)
     return out[["image_id", "split", "label"]], emb.astype(np.float32)
 
 
-def _filternet(cfg, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classes: int) -> dict:
+def _filternet(cfg: Config, run: RunDir, meta: pd.DataFrame, emb: np.ndarray, num_classes: int) -> dict:
     train = (meta["split"] == "train").to_numpy()
     val = (meta["split"] == "val").to_numpy()
     labels = meta["label"].to_numpy()

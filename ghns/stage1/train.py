@@ -26,7 +26,8 @@ from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
 from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
 from ghns.checkpoint import save_checkpoint
-from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.epochs import Training, run_epochs
+from ghns.train.runner import WorkerContext
 from ghns.train.specs import ModelSpec, PartNetworksSpec
 from ghns.train.streams import Streams
 from ghns.models import N_PARTS
@@ -90,27 +91,20 @@ def stage1_loop(config: dict[str, Any]) -> None:
     cache_seconds = time.perf_counter() - start_time
     net = ctx.wrap(model)
     opt, sched = spec.optim.build([p for p in model.parameters() if p.requires_grad])
-    streams = Streams(spec.seed * 1000 + ctx.rank)
-    start = resume(ctx.restore(), model, opt, sched, streams,
-                   old_seed=lambda start: spec.seed * 1000 + ctx.rank + 17 * start)
-    gen = streams.torch
+    t = Training(model, opt, sched, Streams(spec.seed * 1000 + ctx.rank))
 
     def inputs(x: torch.Tensor, train: bool) -> torch.Tensor:
         b, p = x.shape[:2]
         x = x.float() if cached else to_float(x)
         if train:  # the same flip for the three parts of one image would be wrong: flip each
-            x = augment(x.flatten(0, 1), gen, max_shift=0.0 if cached else 0.1).view(b, p, *x.shape[2:])
+            x = augment(x.flatten(0, 1), t.streams.torch, max_shift=0.0 if cached else 0.1).view(b, p, *x.shape[2:])
         return x.to(ctx.device, non_blocking=True)
 
-    for epoch in range(start, spec.optim.epochs):
-        ctx.fail_once(epoch)
-        t0 = time.perf_counter()
-        metrics = _parts_epoch(spec, ctx, net, model, opt, train_x, train_y, inputs, gen)
-        sched.step()
-        metrics.update(_val_accuracy(model, val_x, val_y, inputs, cached, ctx))
-        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0,
-                        "cache_seconds": cache_seconds, "workers": ctx.world})
-        ctx.report(metrics, training_state(model, opt, sched, epoch, streams))
+    run_epochs(ctx, t, spec.optim.epochs,
+               lambda: _parts_epoch(spec, ctx, net, model, opt, train_x, train_y, inputs, t.streams.torch),
+               lambda: (_val_accuracy(model, val_x, val_y, inputs, cached, ctx), None),
+               old_seed=lambda start: spec.seed * 1000 + ctx.rank + 17 * start,
+               extra={"cache_seconds": cache_seconds, "workers": ctx.world})
     if ctx.is_main:
         save_checkpoint(spec.output, model, spec.settings())
 

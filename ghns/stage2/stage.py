@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,10 @@ from ghns.data.catalog import Catalog
 from ghns.errors import StageError
 from ghns.rundir import RunDir, atomic_write_text
 from ghns.stage2.bank import shard_path, shard_stats
+from ghns.stages import stage_runner
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +36,14 @@ GENERATOR_KEYS = ("per_class", "tau", "neighbors", "max_part_similarity", "donor
                   "band_quantile", "calibrate", "neighbour_index")
 
 
-def generator_settings(cfg, **overrides: Any) -> dict[str, Any]:
+def generator_settings(cfg: Config, **overrides: Any) -> dict[str, Any]:
     """The settings a bank depends on (besides stage 1's outputs), under their Config names."""
     return {**{k: getattr(cfg, k) for k in GENERATOR_KEYS}, **overrides}
 
 
-def run_generate(cfg, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
-    fp, done = run.begin(cfg, "generate", force)
-    if done is not None:
-        return done
+@stage_runner("generate")
+def run_generate(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Stage 2 (``ghns generate``); returns the figures of generate.json."""
     catalog = Catalog.read(run.catalog)
     settings = generator_settings(cfg)
     prepare_bank(run, run.negatives, settings, force)
@@ -84,7 +86,7 @@ def _before(key: str) -> Any:
     return Config.value_before(key)
 
 
-def write_bank(cfg, run: RunDir, folder: Path, settings: dict[str, Any]) -> tuple[list[dict], float, dict]:
+def write_bank(cfg: Config, run: RunDir, folder: Path, settings: dict[str, Any]) -> tuple[list[dict], float, dict]:
     """Fill every class's shard in ``folder`` that is not there yet (Ray Data, FilterNet actors);
     returns every class's statistics, the FilterNet temperature used and what the part lookup
     was (``prepare_store``)."""
@@ -182,7 +184,7 @@ def _inputs_digest(run: RunDir) -> str:
     return digest.hexdigest()
 
 
-def _generate(cfg, run: RunDir, todo: list[int], folder: Path, store: Path,
+def _generate(cfg: Config, run: RunDir, todo: list[int], folder: Path, store: Path,
               settings: dict[str, Any], temperature: float) -> list[dict]:
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage2.actor import GenerateActor

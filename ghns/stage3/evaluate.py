@@ -18,6 +18,11 @@ from ghns.data.tensors import load_resized, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
+from ghns.stages import stage_runner
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 IMAGE_MODELS = ("original", "object")
@@ -89,7 +94,7 @@ def scores_stamp(run: RunDir, names: list[str]) -> dict[str, Any]:
     """What the cached scores were computed from: the records of the stages that made the
     catalog, the boxes, the embeddings and the classifiers (each rerun changes its record)."""
     stages = run.stages()
-    return {"models": sorted(names), **{k: stages.get(k) for k in ("catalog", "localize", "stage1", "stage3")}}
+    return {"models": sorted(names), **{k: stages.get(k) for k in ("catalog", "localize", "train-parts", "train-final")}}
 
 
 def cached_scores(run: RunDir, stamp: dict[str, Any]) -> dict[str, dict[str, np.ndarray]] | None:
@@ -104,7 +109,7 @@ def cached_scores(run: RunDir, stamp: dict[str, Any]) -> dict[str, dict[str, np.
     return {split: dict(np.load(f)) for split, f in zip(("val", "test"), files)}
 
 
-def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> dict[str, dict[str, np.ndarray]]:
+def compute_scores(cfg: Config, run: RunDir, catalog: Catalog, force: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached in
     ``scores/`` with the stamp of what made them (``scores_stamp``); ``force`` recomputes them."""
     from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
@@ -117,7 +122,7 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> d
     if cached is not None:
         return cached
     (run.scores / "stamp.json").unlink(missing_ok=True)
-    image_models = {n: str((run.stage3 / f"{n}.pt").resolve()) for n in names if not n.startswith("parts")}
+    image_models = {n: str((run.train_final / f"{n}.pt").resolve()) for n in names if not n.startswith("parts")}
     loc = pd.read_parquet(run.localization)
     rows = catalog.table[catalog.table["split"].isin(["val", "test"])][["image_id", "path", "split", "label"]]
     rows = rows.merge(loc[["image_id"] + [f"obj_{c}" for c in "xywh"]], on="image_id", how="left")
@@ -142,7 +147,7 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> d
         part_emb = emb[[index[int(i)] for i in ids]]
         for n in names:
             if n.startswith("parts"):
-                data[n] = parts_scores(run.stage3 / f"{n}.pt", part_emb)
+                data[n] = parts_scores(run.train_final / f"{n}.pt", part_emb)
         with atomic_path(run.scores / f"{split}.npz", suffix=".npz") as tmp:
             np.savez_compressed(tmp, **data)
         out[split] = data
@@ -150,7 +155,7 @@ def compute_scores(cfg, run: RunDir, catalog: Catalog, force: bool = False) -> d
     return out
 
 
-def build_report(cfg, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     val, test = scores["val"], scores["test"]
     step = cfg.fusion_step
 
@@ -264,11 +269,9 @@ def confusion_figure(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_evaluate(cfg, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
-    fp, done = run.begin(cfg, "evaluate", force)
-    if done is not None:
-        return done
+@stage_runner("evaluate")
+def run_evaluate(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dict[str, Any]:
+    """The evaluate stage; returns report.json."""
     catalog = Catalog.read(run.catalog)
     start = time.perf_counter()
     with run.stage("evaluate", fp):  # committed only once every file below is in place

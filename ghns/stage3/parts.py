@@ -12,7 +12,6 @@ train exactly the same way.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,12 @@ from torch.nn import functional as F
 from ghns.losses import parts_metric_loss
 from ghns.models.classifiers import PartsClassifier
 from ghns.sampling import pk_batches
+from ghns.train.epochs import LOCAL, Evaluation, Host, KeepBest, Training, run_epochs
+from ghns.train.streams import Streams
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 
 @dataclass
@@ -111,7 +116,7 @@ class PartsSettings:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @classmethod
-    def from_config(cls, cfg) -> "PartsSettings":
+    def from_config(cls, cfg: Config) -> "PartsSettings":
         return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
 
     def optim(self):
@@ -142,7 +147,7 @@ def parts_probe(data: PartsData, num_classes: int):
 
 
 def load_parts_classifier(path: Path) -> PartsClassifier:
-    """A saved parts classifier (``<run>/stage3/parts*.pt``), ready for inference."""
+    """A saved parts classifier (``<run>/train-final/parts*.pt``), ready for inference."""
     from ghns.checkpoint import load_model
 
     return load_model(path, "parts_classifier")[0]
@@ -154,21 +159,15 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
                          wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
                          all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
                          common_steps: Callable[[int], int] = lambda n: n,
-                         restore: Callable[..., int] | None = None,
-                         on_epoch: Callable[..., None] | None = None, probe=None):
+                         host: Host = LOCAL, probe=None):
     """Train one parts classifier; returns ``(model with its best-val-epoch weights, KeepBest)``.
 
     It starts from ``probe`` (``parts_probe`` of the whole train split; fitted here from ``data``
     when not given), and the start competes with every epoch on val (as epoch -1): fine-tuning
-    that does not beat the probe on val keeps the probe.
-
-    ``restore(model, opt, sched, best, streams, old_seed=...) -> first epoch`` resumes from a
-    checkpoint (``ghns.stage3.train._restore``); ``on_epoch(metrics, model, opt, sched, best,
-    streams)`` is called after every epoch (Ray Train reporting: the checkpoint);
-    ``wrap`` (DDP) and ``all_reduce`` (metrics over workers) default to a single process."""
-    from ghns.stage3.train import KeepBest
-    from ghns.train.streams import Streams
-
+    that does not beat the probe on val keeps the probe. The epochs run in
+    ``ghns.train.epochs.run_epochs`` on ``host`` (a Ray Train worker's context: resume and
+    reporting; a plain process by default); ``wrap`` (DDP) and ``all_reduce`` (metrics over
+    workers) default to a single process."""
     torch.manual_seed(seed + rank)
     bank = bank if use_negatives else NegativeBank.empty(data.train_x.shape[1])
     model = build_parts_classifier(data, settings, num_classes)
@@ -176,26 +175,18 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     model.to(device)
     opt, sched = settings.optim().build([p for p in model.parameters() if p.requires_grad])
     best = KeepBest(settings.replace_start_p)
-    streams = Streams(seed * 1000 + rank)
-    start = (restore(model, opt, sched, best, streams, old_seed=lambda start: seed * 1000 + rank + 17 * start)
-             if restore is not None else 0)
-    if start == 0:
-        model.eval()
-        acc, correct = val_correct(model, data, device)
-        best.update(model, acc, -1, correct)
+    t = Training(model, opt, sched, Streams(seed * 1000 + rank), best)
     net = wrap(model)
-    for epoch in range(start, settings.parts_epochs):
-        t0 = time.perf_counter()
-        metrics = _parts_classifier_epoch(data, bank, settings, net, opt, streams, device, common_steps,
-                                          all_reduce)
-        sched.step()
-        model.eval()
-        metrics["val_acc"], correct = val_correct(model, data, device)
-        best.update(model, metrics["val_acc"], epoch, correct)
-        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, "bank_size": len(bank)})
-        if on_epoch is not None:
-            on_epoch(metrics, model, opt, sched, best, streams)
-    best.apply(model)
+
+    def evaluate() -> Evaluation:
+        acc, correct = val_correct(model, data, device)
+        return {"val_acc": acc}, correct
+
+    run_epochs(host, t, settings.parts_epochs,
+               lambda: _parts_classifier_epoch(data, bank, settings, net, opt, t.streams, device,
+                                               common_steps, all_reduce),
+               evaluate, old_seed=lambda start: seed * 1000 + rank + 17 * start,
+               extra={"bank_size": len(bank)})
     return model.eval(), best
 
 

@@ -2,7 +2,7 @@
 exists (an interrupted stage resumes model by model, and a model's run resumes from its last
 checkpoint).
 
-Models (``<run_dir>/stage3/``): ``original.pt``, ``object.pt``, ``parts.pt`` (with generated hard
+Models (``<run_dir>/train-final/``): ``original.pt``, ``object.pt``, ``parts.pt`` (with generated hard
 negatives), ``parts_noneg.pt`` (the same without the n+ term, for ``fused_without_negatives``) and
 ``original_seed{1..}.pt`` (extra original-image classifiers with other seeds: the seed-ensemble
 control, which separates the gain of the method from the gain of fusing several networks).
@@ -19,6 +19,11 @@ from typing import Any
 from ghns.data.catalog import Catalog
 from ghns.rundir import RunDir, atomic_write_text
 from ghns.train.specs import ImageClassifierSpec, PartsClassifierSpec
+from ghns.stages import stage_runner
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ log = logging.getLogger(__name__)
 ENSEMBLE = "original_seed"  # original_seed1, 2, ...: the seed-ensemble control's extra members
 
 
-def model_names(cfg) -> list[str]:
+def model_names(cfg: Config) -> list[str]:
     return ["original", "object", "parts", "parts_noneg"] + [
         f"{ENSEMBLE}{s}" for s in range(1, cfg.seed_ensemble)]
 
@@ -36,34 +41,30 @@ def ensemble_member(name: str) -> int:
     return int(name[len(ENSEMBLE):]) if name.startswith(ENSEMBLE) else 0
 
 
-def run_stage3(cfg, force: bool = False) -> dict[str, Any]:
-    run = RunDir(cfg.run_dir)
-    fp, done = run.begin(cfg, "stage3", force)
-    if done is not None:
-        return done
-    force = run.starts_over("stage3", force)
-    run.check_partial("stage3", fp, force)  # before anything is removed
+@stage_runner("train-final")
+def run_stage3(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Stage 3 (``ghns train-final``); returns the figures of train-final.json."""
     if force:
-        shutil.rmtree(run.stage3, ignore_errors=True)
+        shutil.rmtree(run.train_final, ignore_errors=True)
         for name in model_names(cfg):
-            shutil.rmtree(run.path / "ray" / f"stage3_{name}", ignore_errors=True)
+            shutil.rmtree(run.path / "ray" / f"train-final_{name}", ignore_errors=True)
     catalog = Catalog.read(run.catalog)
     figures: dict[str, Any] = {"models": {}}
-    with run.stage("stage3", fp, force) as record:
+    with run.stage("train-final", fp, force) as record:
         for name in model_names(cfg):
             figures["models"][name] = train_model(cfg, run, catalog, name)
-        shutil.rmtree(run.stage3 / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
+        shutil.rmtree(run.train_final / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
         record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
-        atomic_write_text(run.stage3_json, json.dumps(figures, indent=2))
+        atomic_write_text(run.train_final_json, json.dumps(figures, indent=2))
     return figures
 
 
-def train_model(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
+def train_model(cfg: Config, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
     from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
     from ghns.train.runner import fit
 
-    out = run.stage3 / f"{name}.pt"
-    history_file = run.stage3 / f"{name}.history.json"
+    out = run.train_final / f"{name}.pt"
+    history_file = run.train_final / f"{name}.history.json"
     if out.is_file() and history_file.is_file():
         log.info("train-final: %s done already", name)
     else:
@@ -71,14 +72,14 @@ def train_model(cfg, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]
         if name.startswith("parts"):
             spec = PartsClassifierSpec.from_config(cfg, run, len(catalog.classes),
                                                    use_negatives=name == "parts", output=out)
-            fit(parts_classifier_loop, spec, cfg, name=f"stage3_{name}", history_file=history_file,
+            fit(parts_classifier_loop, spec, cfg, name=f"train-final_{name}", history_file=history_file,
                 epochs=spec.parts.parts_epochs)
         else:
             seed = cfg.seed + ensemble_member(name)
             spec = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes),
                                                    crop="object" if name == "object" else "whole",
                                                    seed=seed, output=out)
-            fit(image_classifier_loop, spec, cfg, name=f"stage3_{name}", history_file=history_file,
+            fit(image_classifier_loop, spec, cfg, name=f"train-final_{name}", history_file=history_file,
                 epochs=spec.optim.epochs)
     from ghns.checkpoint import load_checkpoint
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,8 @@ from ghns.models.backbones import create_backbone
 from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
 from ghns.rundir import atomic_path
-from ghns.train.runner import WorkerContext, resume, training_state
+from ghns.train.epochs import Evaluation, KeepBest, Training, run_epochs
+from ghns.train.runner import WorkerContext
 from ghns.train.specs import ImageClassifierSpec, ModelSpec, PartsClassifierSpec
 from ghns.train.streams import Streams
 
@@ -52,7 +52,7 @@ def build_image_classifier(settings: dict[str, Any], pretrained: str | None = No
 
 
 def load_image_classifier(path) -> tuple[ImageClassifier, dict[str, Any]]:
-    """A saved original / object classifier (``<run>/stage3/*.pt``) and its settings."""
+    """A saved original / object classifier (``<run>/train-final/*.pt``) and its settings."""
     from ghns.checkpoint import load_model
 
     return load_model(path, "image_classifier")
@@ -132,32 +132,22 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return (x.float() if cached else to_float(x)).to(ctx.device, non_blocking=True)
 
-    def val_accuracy() -> tuple[float, torch.Tensor]:
-        return _correct(lambda i: model.flip_averaged_logits(inputs(val.x[i]), inputs(val.xf[i]), cached),
-                        torch.arange(len(val.y)), val.y, ctx, val.where)
+    def evaluate() -> Evaluation:
+        acc, correct = _correct(lambda i: model.flip_averaged_logits(inputs(val.x[i]), inputs(val.xf[i]), cached),
+                                torch.arange(len(val.y)), val.y, ctx, val.where)
+        return {"val_acc": acc}, correct
 
     net = ctx.wrap(model)
     opt, sched = spec.optim.build([p for p in model.parameters() if p.requires_grad])
-    best = KeepBest(spec.replace_start_p)
     seed = spec.seed * 1000 + ctx.rank
-    streams = Streams(seed)
-    start = _restore(ctx, model, opt, sched, best, streams, old_seed=lambda start: seed + 17 * start)
-    if start == 0:  # LP: the probe on the whole train split, the same on every worker
-        _start_from_probe(model, train, val, ctx, inputs, spec.model.num_classes)
-        acc, correct = val_accuracy()
-        best.update(model, acc, -1, correct)
-    for epoch in range(start, spec.optim.epochs):
-        ctx.fail_once(epoch)
-        t0 = time.perf_counter()
-        metrics = _image_epoch(spec, ctx, net, model, opt, train, inputs, streams.torch)
-        sched.step()
-        model.eval()
-        metrics["val_acc"], correct = val_accuracy()
-        best.update(model, metrics["val_acc"], epoch, correct)
-        metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0})
-        ctx.report(metrics, training_state(model, opt, sched, epoch, streams, best))
+    best = KeepBest(spec.replace_start_p)
+    t = Training(model, opt, sched, Streams(seed), best)
+    kept = run_epochs(  # LP: the probe on the whole train split, the same on every worker; then FT
+        ctx, t, spec.optim.epochs,
+        lambda: _image_epoch(spec, ctx, net, model, opt, train, inputs, t.streams.torch), evaluate,
+        start=lambda: _start_from_probe(model, train, val, ctx, inputs, spec.model.num_classes),
+        old_seed=lambda start: seed + 17 * start)
     if ctx.is_main:
-        kept = best.apply(model)
         save_checkpoint(spec.output, model, {**spec.model.to_dict(), "crop": spec.crop, "format": IMAGE_FORMAT,
                                              "epoch_kept": kept, "val_accuracy": best.acc})
 
@@ -279,88 +269,15 @@ def parts_classifier_loop(config: dict[str, Any]) -> None:
                                                   data.train_ids[shard])
     dim = data.train_x.shape[1]
     bank = NegativeBank.read(Path(spec.negatives), dim) if spec.use_negatives else NegativeBank.empty(dim)
-
-    def on_epoch(metrics, model, opt, sched, best, streams) -> None:
-        ctx.fail_once(metrics["epoch"] + 1)
-        ctx.report(metrics, training_state(model, opt, sched, metrics["epoch"], streams, best))
-
-    ctx.fail_once(0)
     model, best = fit_parts_classifier(
         data, bank, spec.parts, spec.num_classes, spec.seed, spec.use_negatives,
         device=ctx.device, rank=ctx.rank, wrap=ctx.wrap, all_reduce=ctx.all_reduce,
-        common_steps=ctx.common_steps, restore=lambda *args, **kw: _restore(ctx, *args, **kw),
-        on_epoch=on_epoch, probe=probe)
+        common_steps=ctx.common_steps, host=ctx, probe=probe)
     if ctx.is_main:
         out = {"format": FORMAT, "n_parts": data.n_parts, "part_dim": data.part_dim,
                "num_classes": spec.num_classes, "hidden": spec.parts.parts_hidden,
                "epoch_kept": best.epoch, "val_accuracy": best.acc}
         save_checkpoint(spec.output, model, out)
-
-
-# -- shared ----------------------------------------------------------------------------------
-
-def _restore(ctx: WorkerContext, model, opt, sched, best: "KeepBest", streams: Streams,
-             old_seed: Callable[[int], int]) -> int:
-    """Load the last checkpoint into the arguments (``ghns.train.runner.resume``); returns the
-    epoch to start from."""
-    return resume(ctx.restore(), model, opt, sched, streams, best=best, old_seed=old_seed)
-
-
-class KeepBest:
-    """The weights of the epoch with the best validation accuracy (the last epoch's when there
-    is no validation split): short CPU runs at a constant learning rate end on a noisy epoch,
-    and choosing on val keeps test untouched. The start (a probe, LP-FT) enters as epoch -1, and
-    a later epoch replaces it only when strictly better on val and, given each val image's
-    correctness, better beyond chance: the one-sided sign test of the epoch against the start on
-    the val images they disagree on must reach ``p <= replace_start_p``. The best of a dozen
-    noisy epochs on 150 images is otherwise often a lucky one (seed 1 of README's CUB study kept
-    an epoch 2 images above its probe on val that fell 1.4 points below it on test)."""
-
-    def __init__(self, replace_start_p: float = 1.0) -> None:
-        self.acc, self.epoch = float("-inf"), -1
-        self.state: dict[str, torch.Tensor] | None = None
-        self.replace_start_p = replace_start_p
-        self.start_correct: torch.Tensor | None = None
-
-    def beats_start(self, correct: torch.Tensor | None) -> bool:
-        """Whether an epoch with these per-image val results may replace the start."""
-        if self.start_correct is None or correct is None or self.replace_start_p >= 1.0:
-            return True
-        from ghns.stats import sign_test_greater
-
-        new, old = correct.bool(), self.start_correct
-        p = sign_test_greater(int((new & ~old).sum()), int((old & ~new).sum()))
-        return p <= self.replace_start_p
-
-    def update(self, model, acc: float, epoch: int, correct: torch.Tensor | None = None) -> None:
-        """Offer ``model`` after ``epoch`` (-1: the start) with val accuracy ``acc`` and, where
-        known, each val image's correctness (bool, in a fixed order)."""
-        if acc != acc:  # NaN: no val split
-            return
-        if epoch < 0 and correct is not None:
-            self.start_correct = correct.bool().clone()
-        elif not self.beats_start(correct):
-            return
-        if acc > self.acc:
-            self.acc, self.epoch = acc, epoch
-            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    def load(self, saved: dict | None) -> None:
-        if saved:
-            self.acc, self.epoch, self.state = saved["acc"], saved["epoch"], saved["state"]
-            self.start_correct = saved.get("start_correct")
-
-    def dump(self) -> dict:
-        return {"acc": self.acc, "epoch": self.epoch, "state": self.state,
-                "start_correct": self.start_correct}
-
-    def apply(self, model) -> int | None:
-        """Load the best weights into ``model``; returns the epoch they come from (-1: the start,
-        before any training step; None: no val split, the last epoch's weights stay)."""
-        if self.state is None:
-            return None
-        model.load_state_dict(self.state)
-        return self.epoch
 
 
 @torch.no_grad()

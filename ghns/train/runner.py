@@ -28,6 +28,10 @@ from ghns.checkpoint import load_checkpoint
 from ghns.errors import GHNSError
 from ghns.rundir import atomic_write_text
 from ghns.train.specs import Spec, WorkerSpec, to_loop_config, worker_of
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
-def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg, name: str,
+def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, name: str,
         history_file: Path | None = None, **worker: Any) -> FitResult:
     """Run ``loop`` on ``cfg.workers`` Ray Train workers with ``spec`` (the loop's settings: a
     ``Spec``, or a plain dict for tests' own loops) and the runner's settings (``WorkerSpec``:

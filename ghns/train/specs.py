@@ -18,6 +18,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ghns.config import Config
 
 SPEC, WORKER = "spec", "worker"  # the two entries of a loop config
 REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
@@ -89,7 +93,7 @@ class ModelSpec(Spec):
     image_size: int
 
     @classmethod
-    def for_backbone(cls, cfg, num_classes: int, image_size: int, trainable_blocks: int,
+    def for_backbone(cls, cfg: Config, num_classes: int, image_size: int, trainable_blocks: int,
                      pretrained_default: int = 0, weights: str | None = None,
                      freeze_as: str | None = None) -> "ModelSpec":
         """The config's backbone with ``weights`` (the config's ``pretrained`` if None), its
@@ -120,7 +124,7 @@ class OptimSpec(Spec):
     lr_gamma: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg, lr: float, epochs: int) -> "OptimSpec":
+    def from_config(cls, cfg: Config, lr: float, epochs: int) -> "OptimSpec":
         return cls(lr=lr, epochs=epochs, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
                    lr_step_epochs=cfg.lr_step_epochs, lr_gamma=cfg.lr_gamma)
 
@@ -141,15 +145,22 @@ def _path(p: Path) -> str:
 
 
 @dataclass(frozen=True)
-class LocalizerSpec(Spec):
-    """The localizer (``ghns.localize.train.localizer_loop``): AdamW with a one-cycle schedule
-    (``optim.optimizer`` and the step schedule are not used)."""
+class TrainingSpec(Spec):
+    """What every loop that trains one backbone-based model has: the model, its optimiser, the
+    catalog it reads, the file it writes and its seed."""
 
     model: ModelSpec
     optim: OptimSpec
     catalog: str
     output: str
     seed: int
+
+
+@dataclass(frozen=True)
+class LocalizerSpec(TrainingSpec):
+    """The localizer (``ghns.localize.train.localizer_loop``): AdamW with a one-cycle schedule
+    (``optim.optimizer`` and the step schedule are not used)."""
+
     batch_size: int
     part_compactness: float
     part_presence: float
@@ -158,7 +169,7 @@ class LocalizerSpec(Spec):
     part_min_area: float
 
     @classmethod
-    def from_config(cls, cfg, run, num_classes: int) -> "LocalizerSpec":
+    def from_config(cls, cfg: Config, run, num_classes: int) -> "LocalizerSpec":
         return cls(
             model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_localize_size(),
                                          cfg.localize_trainable_blocks),
@@ -170,15 +181,10 @@ class LocalizerSpec(Spec):
 
 
 @dataclass(frozen=True)
-class PartNetworksSpec(Spec):
+class PartNetworksSpec(TrainingSpec):
     """Stage 1's three part networks (``ghns.stage1.train.stage1_loop``), paper Eq. 7."""
 
-    model: ModelSpec
-    optim: OptimSpec
-    catalog: str
     localization: str
-    output: str
-    seed: int
     embedding_dim: int
     discriminator_hidden: int
     alpha: float
@@ -189,8 +195,13 @@ class PartNetworksSpec(Spec):
     batch_classes: int
     batch_images: int
 
+    def settings(self) -> dict[str, Any]:
+        """What the part networks' checkpoint records."""
+        return {**self.model.to_dict(), "embedding_dim": self.embedding_dim,
+                "discriminator_hidden": self.discriminator_hidden}
+
     @classmethod
-    def from_config(cls, cfg, run, num_classes: int) -> "PartNetworksSpec":
+    def from_config(cls, cfg: Config, run, num_classes: int) -> "PartNetworksSpec":
         return cls(
             model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_part_size(), cfg.trainable_blocks,
                                          pretrained_default=1),
@@ -201,24 +212,14 @@ class PartNetworksSpec(Spec):
             gamma=cfg.gamma, triplet_margin=cfg.triplet_margin, triplet_mining=cfg.triplet_mining,
             batch_classes=cfg.batch_classes, batch_images=cfg.batch_images)
 
-    def settings(self) -> dict[str, Any]:
-        """What the part networks' checkpoint records."""
-        return {**self.model.to_dict(), "embedding_dim": self.embedding_dim,
-                "discriminator_hidden": self.discriminator_hidden}
-
 
 @dataclass(frozen=True)
-class ImageClassifierSpec(Spec):
+class ImageClassifierSpec(TrainingSpec):
     """The original-image and object classifiers (``ghns.stage3.train.image_classifier_loop``):
     ``lambda_image * L_cls + (1 - lambda_image) * L_triplet``, LP-FT."""
 
-    model: ModelSpec
-    optim: OptimSpec
-    catalog: str
     localization: str
-    output: str
     crop: str  # "whole" or "object"
-    seed: int
     lambda_image: float
     triplet_margin: float
     triplet_mining: str
@@ -229,7 +230,7 @@ class ImageClassifierSpec(Spec):
     trunk_cache: str | None = None  # where frozen-trunk outputs are shared between classifiers
 
     @classmethod
-    def from_config(cls, cfg, run, num_classes: int, crop: str, seed: int,
+    def from_config(cls, cfg: Config, run, num_classes: int, crop: str, seed: int,
                     output: Path) -> "ImageClassifierSpec":
         """A pretrained backbone starts from its own weights (the features its linear probe, the
         bar, sees); one without weights from the localizer, already a whole-image classifier of
@@ -251,7 +252,7 @@ class ImageClassifierSpec(Spec):
             crop=crop, seed=seed, lambda_image=cfg.lambda_image, triplet_margin=cfg.triplet_margin,
             triplet_mining=cfg.triplet_mining, batch_classes=cfg.batch_classes,
             batch_images=cfg.batch_images, replace_start_p=cfg.replace_start_p,
-            init_from=init_from, trunk_cache=_path(run.stage3 / "cache"))
+            init_from=init_from, trunk_cache=_path(run.train_final / "cache"))
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ class PartsClassifierSpec(Spec):
         return cls(**_with_parts_settings(values))
 
     @classmethod
-    def from_config(cls, cfg, run, num_classes: int, use_negatives: bool,
+    def from_config(cls, cfg: Config, run, num_classes: int, use_negatives: bool,
                     output: Path) -> "PartsClassifierSpec":
         from ghns.stage3.parts import PartsSettings
 

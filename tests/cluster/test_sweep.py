@@ -26,17 +26,17 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def test_stage1_sweep_trains_each_trial_and_writes_the_best_config(cli, run_copy):
-    code, out, err = cli("sweep", "--run-dir", run_copy, "--space", "stage1", "--trials", "2")
+def test_train_parts_sweep_trains_each_trial_and_writes_the_best_config(cli, run_copy):
+    code, out, err = cli("sweep", "--run-dir", run_copy, "--space", "train-parts", "--trials", "2")
     assert code == 0, err
-    sweep = run_copy / "sweeps" / "stage1"
+    sweep = run_copy / "sweeps" / "train-parts"
     rows = read_rows(sweep / "results.csv")
     # ASHA may stop the weaker trial at its rung (epoch 1 of 2): that is a result, not an error
     assert len(rows) == 2 and all(r["status"] in ("done", "stopped early (ASHA)") for r in rows)
     assert len({(r["alpha"], r["beta"], r["gamma"]) for r in rows}) == 2  # two different trials
     for r in rows:  # each trial trained stage 1 in its own directory and Tune saw every epoch
         assert 0 <= float(r["val_acc_parts_vote"]) <= 100
-        assert (sweep / "trials" / r["trial"] / "stage1" / "parts.pt").is_file()
+        assert (sweep / "trials" / r["trial"] / "train-parts" / "parts.pt").is_file()
         assert int(r["iterations"]) >= 1
     best = max(rows, key=lambda r: float(r["val_acc_parts_vote"]))
     values = yaml.safe_load((sweep / "best.yaml").read_text())
@@ -46,7 +46,7 @@ def test_stage1_sweep_trains_each_trial_and_writes_the_best_config(cli, run_copy
     assert "best:" in out
     # the base run's stage 1 ran with other loss weights: the config is read and refused clearly
     code, out, err = cli("pipeline", "--config", sweep / "best.yaml", "--run-dir", run_copy)
-    assert code == 2 and "already holds stage 'stage1' run with other settings" in err
+    assert code == 2 and "already holds stage 'train-parts' run with other settings" in err
 
 
 def test_fusion_sweep_best_config_round_trips_into_pipeline(cli, run_copy):
@@ -58,7 +58,7 @@ def test_fusion_sweep_best_config_round_trips_into_pipeline(cli, run_copy):
     best = max(rows, key=lambda r: float(r["val_fused"]))
     code, out, err = cli("pipeline", "--config", sweep / "best.yaml", "--run-dir", run_copy)
     assert code == 0, err
-    assert "stage3: done already" in err or "train-final: done already" in err  # nothing retrained
+    assert "train-final: done already" in err  # nothing retrained
     report = json.loads((run_copy / "report.json").read_text())
     assert report["fusion"]["rule"] == "grid"  # fixed weights fuse by Eq. 11
     assert ",".join(f"{w:g}" for w in report["fusion"]["weights"]) == best["fusion_weights"]

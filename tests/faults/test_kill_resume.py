@@ -32,9 +32,9 @@ LONGER = ["--localize-epochs", "6", "--stage1-epochs", "6", "--stage3-epochs", "
 # stage -> (its record in stages.json, a file that exists only once the stage is under way)
 KILL_POINTS = [
     ("localize", "localize/history.json"),
-    ("stage1", "stage1/history.json"),
+    ("train-parts", "train-parts/history.json"),
     ("generate", "negatives/settings.json"),
-    ("stage3", "stage3/original.history.json"),
+    ("train-final", "train-final/original.history.json"),
 ]
 
 
@@ -78,7 +78,7 @@ def test_killed_in_each_stage_the_rerun_finishes_clean(tmp_path, ray_session):
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     run = tmp_path / "run"
     done_files = {"localize": ["localization.parquet", "localization.json"],
-                  "stage1": ["stage1/parts.pt", "embeddings.parquet", "stage1/filternet.pt"],
+                  "train-parts": ["train-parts/parts.pt", "embeddings.parquet", "train-parts/filternet.pt"],
                   "generate": ["generate.json"]}
     kept: dict[str, bytes] = {"catalog.parquet": b""}
     for stage, marker in KILL_POINTS:
@@ -96,8 +96,8 @@ def test_killed_in_each_stage_the_rerun_finishes_clean(tmp_path, ray_session):
         assert data == kept[name], f"{name} changed in the final rerun"
 
     stages = _stages(run)
-    assert "_partial" not in stages and set(stages) >= {"catalog", "localize", "stage1", "generate",
-                                                        "stage3", "evaluate"}
+    assert "_partial" not in stages and set(stages) >= {"catalog", "localize", "train-parts", "generate",
+                                                        "train-final", "evaluate"}
     for table, key in (("catalog.parquet", "image_id"), ("localization.parquet", "image_id"),
                        ("embeddings.parquet", "image_id")):
         ids = pd.read_parquet(run / table)[key]
@@ -106,8 +106,8 @@ def test_killed_in_each_stage_the_rerun_finishes_clean(tmp_path, ray_session):
     assert len(shards) == 4  # one per class, each written once (atomically): no appended rows
     for shard in shards:
         assert set(pd.read_parquet(shard, columns=["class"])["class"]) == {int(shard.stem.split("_")[1])}
-    for history in [run / "localize" / "history.json", run / "stage1" / "history.json",
-                    *sorted((run / "stage3").glob("*.history.json"))]:
+    for history in [run / "localize" / "history.json", run / "train-parts" / "history.json",
+                    *sorted((run / "train-final").glob("*.history.json"))]:
         epochs = [h["epoch"] for h in json.loads(history.read_text())]
         assert epochs == sorted(set(epochs)) and epochs == list(range(len(epochs))), history
     report = json.loads((run / "report.json").read_text())

@@ -27,7 +27,7 @@ def test_predict_refuses_a_checkpoint_with_a_pickle_payload(tiny_run, tmp_path, 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("ray"))
     marker = tmp_path / "payload-ran"
-    with open(run / "stage3" / "object.pt", "wb") as f:
+    with open(run / "train-final" / "object.pt", "wb") as f:
         pickle.dump({"model": Payload(marker), "settings": {}}, f)
     image = Catalog.read(run / "catalog.parquet").table["path"].iloc[0]
     code, out, err = cli("predict", "--run-dir", run, image)

@@ -33,7 +33,7 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
         return original(loop, spec, cfg, name, **worker, report_seconds=0)
 
     monkeypatch.setattr(runner, "fit", fit_every_epoch)
-    history = run / "stage3" / "original.history.json"
+    history = run / "train-final" / "original.history.json"
     killed: list[int] = []
     stop = threading.Event()
 
@@ -52,7 +52,7 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
     striker = threading.Thread(target=strike, daemon=True)
     striker.start()
     try:
-        run_until(cfg, "stage3", force=True)
+        run_until(cfg, "train-final", force=True)
     finally:
         stop.set()
         striker.join()
@@ -62,4 +62,4 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
     assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts  # resumed, not restarted
     epochs = [h["epoch"] for h in json.loads(history.read_text())]
     assert epochs == list(range(8))
-    assert (run / "stage3" / "original.pt").is_file() and json.loads((run / "stages.json").read_text())["stage3"]
+    assert (run / "train-final" / "original.pt").is_file() and json.loads((run / "stages.json").read_text())["train-final"]

@@ -50,7 +50,7 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_session, tmp_path
     history = _train_parts(cfg, run, Catalog.read(run.catalog), False)
     assert (tmp_path / "failed-once").is_file()  # the worker did die
     starts = [json.loads(line)["start_epoch"] for line in
-              (run.path / "stage1" / "history.json.starts").read_text().splitlines()]
+              (run.path / "train-parts" / "history.json.starts").read_text().splitlines()]
     # restarted from a reported checkpoint (epoch 0 or 1: Ray registers them asynchronously,
     # so the last one may not be registered when the worker dies), never from scratch
     assert starts[0] == 0 and len(starts) == 2 and starts[1] in (1, 2)

@@ -48,9 +48,9 @@ SETTINGS = PartsSettings(parts_hidden=16, lambda_parts=0.75, quad_m1=0.4, quad_m
 def test_one_training_run_is_deterministic_and_the_control_ignores_the_bank():
     data = tiny_data()
     bank = NegativeBank(torch.randn(6, 12), by_class={0: np.arange(3), 1: np.arange(3, 6)})
-    seen = []
-    model_a, best_a = fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True,
-                                           on_epoch=lambda m, *rest: seen.append(m))
+    host = _Host()
+    model_a, best_a = fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True, host=host)
+    seen = host.reported
     model_b, _ = fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True)
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
@@ -93,61 +93,63 @@ def test_fine_tuning_that_does_not_beat_the_start_keeps_the_probe():
         assert torch.allclose(model(data.val_x)[1], probe.logits(data.val_x), atol=1e-5)
 
 
-class _Checkpointed:
-    """What ``_restore`` needs of a worker context: the last reported checkpoint."""
+class _Host:
+    """A worker context as the epoch skeleton sees it: a checkpoint to resume (``blob``), every
+    report kept (metrics, and the checkpoint bytes of ``keep_epoch``)."""
 
-    is_main, history_file = False, None
-
-    def __init__(self, blob: bytes | None) -> None:
-        self.blob = blob
+    def __init__(self, blob: bytes | None = None, keep_epoch: int | None = None) -> None:
+        self.blob, self.keep_epoch = blob, keep_epoch
+        self.reported: list[dict] = []
+        self.kept: bytes | None = None
 
     def restore(self):
         import io
 
         return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
 
+    def fail_once(self, epoch: int) -> None:
+        pass
+
+    def report(self, metrics, state=None) -> None:
+        import io
+
+        self.reported.append(dict(metrics))
+        if metrics["epoch"] == self.keep_epoch:  # what the Ray Train worker reports
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self.kept = buf.getvalue()
+
 
 def test_a_run_resumed_from_its_checkpoint_ends_bitwise_equal_to_one_never_interrupted():
     import io
 
-    from ghns.stage3.train import _restore
-
     data = tiny_data()
     bank = NegativeBank(torch.randn(6, 12), by_class={0: np.arange(3), 1: np.arange(3, 6)})
-    saved: dict[str, bytes] = {}
 
-    def checkpoint_at_epoch_1(metrics, model, opt, sched, best, streams):
-        if metrics["epoch"] == 1:  # what the Ray Train loop reports
-            buf = io.BytesIO()
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "epoch": 1, "best": best.dump(), "streams": streams.state()}, buf)
-            saved["state"] = buf.getvalue()
-
-    def fit(blob, on_epoch):
+    def fit(host):
         torch.manual_seed(1234)  # a restarted worker's global generator is not where it was
-        return fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True, on_epoch=on_epoch,
-                                    restore=lambda *a, **kw: _restore(_Checkpointed(blob), *a, **kw))[0]
+        return fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True, host=host)[0]
 
-    def later_losses(into: list):
-        return lambda metrics, *rest: into.append(metrics["loss"]) if metrics["epoch"] >= 2 else None
+    def later_losses(host) -> list[float]:
+        return [m["loss"] for m in host.reported if m["epoch"] >= 2]
 
-    want: list[float] = []
-    uninterrupted = fit_parts_classifier(
-        data, bank, SETTINGS, 4, seed=3, use_negatives=True,
-        on_epoch=lambda *a: (checkpoint_at_epoch_1(*a), later_losses(want)(*a)))[0]
-    got: list[float] = []
-    resumed = fit(saved["state"], later_losses(got))
-    assert len(got) == 2 and got == want  # epochs 2 and 3, drawn as they were
+    first = _Host(keep_epoch=1)
+    uninterrupted = fit_parts_classifier(data, bank, SETTINGS, 4, seed=3, use_negatives=True, host=first)[0]
+    assert first.kept is not None
+    second = _Host(first.kept)
+    resumed = fit(second)
+    assert [m["epoch"] for m in second.reported] == [2, 3]  # it went on from epoch 1's checkpoint
+    assert later_losses(second) == later_losses(first)  # epochs 2 and 3, drawn as they were
     for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     # a checkpoint of an older ghns (no streams) resumes with other draws: the streams matter
-    old = torch.load(io.BytesIO(saved["state"]), weights_only=True)
+    old = torch.load(io.BytesIO(first.kept), weights_only=True)
     del old["streams"]
     buf = io.BytesIO()
     torch.save(old, buf)
-    other: list[float] = []
-    fit(buf.getvalue(), later_losses(other))
-    assert len(other) == 2 and other != want
+    other = _Host(buf.getvalue())
+    fit(other)
+    assert len(later_losses(other)) == 2 and later_losses(other) != later_losses(first)
 
 
 def test_streams_survive_a_weights_only_checkpoint():

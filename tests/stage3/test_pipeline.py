@@ -24,7 +24,7 @@ def test_report_has_the_contract_keys(finished):
     assert len(report["fusion_weights"]) == 3 and abs(sum(report["fusion_weights"]) - 1) < 1e-3
     assert report["fusion"]["rule"] == "loglinear"  # the default
     assert len(report["fusion"]["temperatures"]) == 3 and min(report["fusion"]["temperatures"]) > 0
-    assert list(report["seconds"]) == ["catalog", "localize", "stage1", "generate", "stage3", "evaluate"]
+    assert list(report["seconds"]) == ["catalog", "localize", "train-parts", "generate", "train-final", "evaluate"]
     assert set(report["table6"]) >= {"original + parts", "original + object + parts"}
     assert (finished / "report.md").read_text().startswith("# GHNS report: synthetic")
     assert (finished / "figures" / "confused_pairs.png").is_file()
@@ -37,12 +37,12 @@ def test_pipeline_resumes_an_interrupted_stage(cli, finished, tmp_path):
 
     run = tmp_path / "run"  # a copy: the session's run stays as other tests read it
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns("ray"))
-    stage3 = run / "stage3"
+    stage3 = run / "train-final"
     kept = stage3 / "original.pt"
     kept_mtime = kept.stat().st_mtime_ns
     (stage3 / "object.pt").unlink()  # as if train-final stopped after the original classifier
     stages = json.loads((run / "stages.json").read_text())
-    for name in ("stage3", "evaluate"):
+    for name in ("train-final", "evaluate"):
         stages.pop(name)
     (run / "stages.json").write_text(json.dumps(stages))
     code, out, err = cli("pipeline", "--run-dir", run)

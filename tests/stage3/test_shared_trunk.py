@@ -75,7 +75,7 @@ def test_score_actor_matches_each_model_alone(tiny_run):
     from ghns.stage3.train import load_image_classifier
 
     names = ["original", "object", "original_seed1"]
-    models = {n: str(tiny_run / "stage3" / f"{n}.pt") for n in names}
+    models = {n: str(tiny_run / "train-final" / f"{n}.pt") for n in names}
     actor = ScoreActor(models)
     groups = sorted(sorted(n for n, _ in members) for members in actor.groups.values())
     assert groups == [["object"], ["original", "original_seed1"]]  # seeds share the frozen trunk
