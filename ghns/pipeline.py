@@ -7,12 +7,11 @@ runs them all. ``force`` applies to the named stage only, never silently to its 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ghns.rundir import RunDir
 from ghns.stages import NAMES
 from ghns.stages import stage as stage_record
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

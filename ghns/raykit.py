@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

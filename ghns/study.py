@@ -34,14 +34,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ghns.errors import ConfigError, StageError
 from ghns.rundir import RunDir, atomic_path, atomic_write_text, holds_run_lock
 from ghns.train.specs import StudySpec
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, NamedTuple, cast
+from typing import TYPE_CHECKING, Callable, NamedTuple, cast
 
 import pandas as pd
 
 from ghns.errors import DataError
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

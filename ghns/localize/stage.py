@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,10 @@ from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, columns
 from ghns.localize.train import localizer_loop
-from ghns.rundir import RunDir, atomic_path, atomic_write_text
-from ghns.train.specs import LocalizerSpec
 from ghns.models import N_PARTS
+from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.stages import stage_runner
-from typing import TYPE_CHECKING
+from ghns.train.specs import LocalizerSpec
 
 if TYPE_CHECKING:
     from ghns.config import Config

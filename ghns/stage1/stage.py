@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,8 @@ from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
 from ghns.stage1.table import read_embeddings, write_embeddings
 from ghns.stage1.train import stage1_loop
-from ghns.train.specs import PartNetworksSpec
 from ghns.stages import stage_runner
-from typing import TYPE_CHECKING
+from ghns.train.specs import PartNetworksSpec
 
 if TYPE_CHECKING:
     from ghns.config import Config

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,6 @@ from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.stages import stage_runner
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

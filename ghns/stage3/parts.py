@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,6 @@ from ghns.models.classifiers import PartsClassifier
 from ghns.sampling import pk_batches
 from ghns.train.epochs import LOCAL, Evaluation, Host, KeepBest, Training, run_epochs
 from ghns.train.streams import Streams
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config

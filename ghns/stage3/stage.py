@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from ghns.data.catalog import Catalog
 from ghns.rundir import RunDir, atomic_write_text
-from ghns.train.specs import ImageClassifierSpec, PartsClassifierSpec
 from ghns.stages import stage_runner
-from typing import TYPE_CHECKING
+from ghns.train.specs import ImageClassifierSpec, PartsClassifierSpec
 
 if TYPE_CHECKING:
     from ghns.config import Config

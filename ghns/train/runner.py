@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -28,7 +28,6 @@ from ghns.checkpoint import load_checkpoint
 from ghns.errors import GHNSError
 from ghns.rundir import atomic_write_text
 from ghns.train.specs import Spec, WorkerSpec, to_loop_config, worker_of
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ghns.config import Config
