@@ -242,7 +242,13 @@ class Config:
     workers: int = _opt(1, "Ray Train workers (one GPU each with --device cuda).", low=1)
     actors: int = _opt(1, "Ray Data actors for batch inference and candidate scoring.", low=1)
     batch_size: int = _opt(64, "Images per training batch (per worker).", low=2)
-    max_failures: int = _opt(1, "Restarts of a Ray Train run after a worker failure.", low=0)
+    max_failures: int = _opt(1, "Restarts of a training run after a worker failure.", low=0)
+    trainer: str = _opt("auto", "Where training loops run: 'ray' (Ray Train workers: several "
+                                "workers, GPUs, a cluster), 'local' (this process: one CPU "
+                                "worker, no start-up cost), 'auto': local for one CPU worker on "
+                                "a Ray this process started (no --ray-address, outside Tune), "
+                                "else Ray Train. Results are the same either way.",
+                        choices=("auto", "ray", "local"))
     ray_address: str | None = _opt(None, "Ray cluster to join (default: $RAY_ADDRESS, else a "
                                          "local instance).")
     object_store_mb: int = _opt(512, "Object store of a local Ray instance, MiB.", low=64)
@@ -254,6 +260,9 @@ class Config:
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.quad_m1 <= self.quad_m2:
             raise ConfigError(f"'quad_m1' must be > 'quad_m2' (Eq. 8), got {self.quad_m1} <= {self.quad_m2}")
+        if self.trainer == "local" and self.workers > 1:
+            raise ConfigError(f"'trainer' local runs one worker, got workers={self.workers}; "
+                              "use --trainer ray (or auto) for several")
         if self.fusion_weights is not None:
             self.fusion_weights = _fusion_weights_text(self.fusion_weights)
         if self.root is not None:  # absolute, so workers and later commands elsewhere agree

@@ -46,6 +46,15 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def cluster_nodes() -> int:
+    """Alive nodes of the Ray this process is connected to (0 when Ray is not started)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 def resolve_device(cfg: Config) -> str:
     """'cuda' or 'cpu' for the workers: 'auto' means cuda when the cluster has GPUs."""
     if cfg.device != "auto":

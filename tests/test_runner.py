@@ -89,3 +89,28 @@ def test_one_progress_line_per_epoch_from_the_main_worker(capsys):
     worker.rank = 1  # only the main worker speaks
     worker.report({"epoch": 0, "loss": 0.5})
     assert capsys.readouterr().out == ""
+
+
+def test_one_cpu_worker_on_a_local_ray_trains_in_this_process(monkeypatch):
+    import pytest
+
+    from ghns.config import Config
+    from ghns.errors import ConfigError
+    from ghns.train.runner import trains_locally
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert trains_locally(Config(device="cpu"))
+    assert not trains_locally(Config(device="cpu", workers=2))  # a group: Ray Train
+    assert not trains_locally(Config(device="cuda"))  # GPUs: Ray Train places them
+    assert not trains_locally(Config(device="cpu", ray_address="10.0.0.1:6379"))  # a cluster
+    assert not trains_locally(Config(device="cpu", trainer="ray"))
+    assert trains_locally(Config(device="cuda", trainer="local"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside 'ray job submit'
+    assert not trains_locally(Config(device="cpu"))
+    monkeypatch.delenv("RAY_ADDRESS")
+    import ghns.raykit
+
+    monkeypatch.setattr(ghns.raykit, "cluster_nodes", lambda: 3)  # joined a cluster some other way
+    assert not trains_locally(Config(device="cpu"))
+    with pytest.raises(ConfigError, match="trainer"):
+        Config(trainer="local", workers=2)

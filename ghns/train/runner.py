@@ -1,12 +1,15 @@
-"""Ray Train V2 around a plain ``train_loop_per_worker``: one path for 1 CPU worker or N GPUs.
+"""Ray Train V2 around a plain ``train_loop_per_worker``: one path for 1 CPU worker or N GPUs,
+and the same loop in this process where Ray Train would only add its start-up.
 
 ``fit`` builds a ``TorchTrainer`` whose run state lives in ``<run_dir>/ray/<name>``. A worker
 that dies is restarted from the last reported checkpoint (``FailureConfig``), and calling
 ``fit`` again with the same name after an interrupted run resumes from that checkpoint too
 (Train V2 restores the run from its storage), so at most ``WorkerSpec.report_seconds`` of finished epochs
-are trained twice.
+are trained twice. For one CPU worker on a local Ray (``trains_locally``) ``fit`` calls the
+loop here instead, with the same settings; its checkpoint is ``<run_dir>/ray/<name>/state.pt``,
+written as often as Ray Train's would be, and restarts and resumption follow the same rules.
 
-Loops use ``WorkerContext`` for what differs between the two worlds: rank, world size, device,
+Loops use ``WorkerContext`` for what differs between the worlds: rank, world size, device,
 checkpoint save/restore and metric reporting.
 """
 
@@ -46,28 +49,90 @@ class FitResult:
 
 def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, name: str,
         history_file: Path | None = None, **worker: Any) -> FitResult:
-    """Run ``loop`` on ``cfg.workers`` Ray Train workers with ``spec`` (the loop's settings: a
-    ``Spec``, or a plain dict for tests' own loops) and the runner's settings (``WorkerSpec``:
-    ``history_file``, ``epochs``, and for tests ``report_seconds`` or fault injection); return
-    the last metrics and the history."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """Run ``loop`` on ``cfg.workers`` Ray Train workers, or in this process where
+    ``trains_locally`` says so, with ``spec`` (the loop's settings: a ``Spec``, or a plain dict
+    for tests' own loops) and the runner's settings (``WorkerSpec``: ``history_file``,
+    ``epochs``, and for tests ``report_seconds`` or fault injection); return the last metrics
+    and the history. Either way the run's state lives in ``<run_dir>/ray/<name>``, and calling
+    ``fit`` again after an interruption resumes from its last checkpoint."""
+    from ghns.raykit import resolve_device, torch_threads_for
 
-    from ghns.raykit import ensure_ray, resolve_device, torch_threads_for
-
-    ensure_ray(cfg)
-    device = resolve_device(cfg)
+    local = trains_locally(cfg)
     storage = Path(cfg.run_dir).expanduser().resolve() / "ray"
-    storage.mkdir(parents=True, exist_ok=True)
-    cpus = 1.0 if device == "cuda" else max(1.0, float(os.cpu_count() or 1) // max(1, cfg.workers))
+    (storage / name).mkdir(parents=True, exist_ok=True)
+    if not local:
+        from ghns.raykit import ensure_ray
+
+        ensure_ray(cfg)
+    device = resolve_device(cfg)
     error_file = storage / name / USER_ERROR_FILE
     error_file.unlink(missing_ok=True)
     history = Path(history_file).resolve() if history_file else storage / name / "history.json"
     settings = WorkerSpec(**{"device": device, "error_file": str(error_file), "run_name": name,
                              "progress": not getattr(cfg, "quiet", False),
                              "torch_threads": torch_threads_for(cfg.workers),
-                             "history_file": str(history), **worker})
+                             "history_file": str(history),
+                             "checkpoint_file": str(storage / name / CHECKPOINT_FILE) if local else None,
+                             **worker})
     loop_config = to_loop_config(spec, settings)
+    if local:
+        _fit_here(loop, loop_config, cfg.max_failures, name)
+    else:
+        _fit_ray_train(loop, loop_config, cfg, device, storage, name, error_file)
+    found = json.loads(history.read_text()) if history.is_file() else []
+    return FitResult(dict(found[-1]) if found else {}, found)
+
+
+def trains_locally(cfg: Config) -> bool:
+    """Whether ``fit`` runs the loop in this process: ``--trainer local``, or ``auto`` with one
+    CPU worker on a Ray this process starts itself (no cluster address; if Ray is running, one
+    node) outside a Tune trial.
+    Ray Train's start-up (a controller and a worker group, the worker importing torch) costs
+    about 12 s a run here, more than many loops' training; the loop, its checkpoints and its
+    resumption are the same."""
+    if cfg.trainer != "auto":
+        return cfg.trainer == "local"
+    if cfg.workers != 1 or getattr(cfg, "ray_address", None) or os.environ.get("RAY_ADDRESS"):
+        return False
+    if _tune_callbacks():  # inside a Tune trial: its reports go through Ray Train to Tune
+        return False
+    from ghns.raykit import cluster_nodes, resolve_device
+
+    return resolve_device(cfg) == "cpu" and cluster_nodes() <= 1
+
+
+class WorkerFailure(RuntimeError):
+    """Fault injection (tests) in a local run: what a dying Ray Train worker is to Ray Train."""
+
+
+def _fit_here(loop: Callable[[dict], None], loop_config: dict[str, Any], max_failures: int,
+              name: str) -> None:
+    """``loop`` in this process, restarted from its last checkpoint after a failure (not after a
+    ``GHNSError``, a user mistake that would fail again) up to ``max_failures`` times, as Ray
+    Train's ``FailureConfig`` does; this process's torch threads are left as they were."""
+    threads = torch.get_num_threads()
+    try:
+        for attempt in range(max_failures + 1):
+            try:
+                loop(loop_config)
+                return
+            except GHNSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a worker failure: restart, as Ray Train does
+                if attempt == max_failures:
+                    raise
+                log.warning("%s: %s: %s; restarting from the last checkpoint (%d of %d)", name,
+                            type(exc).__name__, exc, attempt + 1, max_failures)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_ray_train(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Config, device: str,
+                   storage: Path, name: str, error_file: Path) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cpus = 1.0 if device == "cuda" else max(1.0, float(os.cpu_count() or 1) // max(1, cfg.workers))
     trainer = TorchTrainer(
         _stops_on_user_errors(loop),
         train_loop_config=loop_config,
@@ -91,8 +156,6 @@ def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, 
     _raise_user_error(error_file)
     if result.error is not None:  # pragma: no cover - Train V2 raises before this
         raise result.error
-    found = json.loads(history.read_text()) if history.is_file() else []
-    return FitResult(dict(result.metrics or {}), found)
 
 
 def _stops_on_user_errors(loop: Callable[[dict], None]) -> Callable[[dict], None]:
@@ -186,6 +249,18 @@ def resume(state: dict[str, Any] | None, model, opt, sched, streams, best=None,
     return start
 
 
+def ray_train_checkpoint(storage: Path) -> Path | None:
+    """The last checkpoint Ray Train registered in its run folder ``storage``, if any: a run
+    interrupted under Ray Train resumes from it in a local run (``trains_locally``). Read from
+    Train V2's own record of its checkpoints (``checkpoint_manager_snapshot.json``)."""
+    try:
+        snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+        found = storage / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] / CHECKPOINT_FILE
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if found.is_file() else None
+
+
 class WorkerContext:
     """What a loop needs from Ray Train, usable outside Ray too (``in_ray=False``) for tests."""
 
@@ -259,6 +334,10 @@ class WorkerContext:
         """The state of the last reported checkpoint, or None on a fresh start. Every start is
         appended to ``<history_file>.starts`` (the epoch it starts from), so a resumed run shows."""
         state = None
+        local = self.settings.checkpoint_file
+        if not self.in_ray and local:
+            found = local if Path(local).is_file() else ray_train_checkpoint(Path(local).parent)
+            state = load_checkpoint(found) if found else None
         if self.in_ray:
             import ray.train
 
@@ -280,6 +359,8 @@ class WorkerContext:
         if at is None or epoch != at or not self.is_main or not marker or Path(marker).exists():
             return
         Path(marker).write_text("failed once")
+        if not self.in_ray:  # a local run: the loop's failure, for the runner to restart
+            raise WorkerFailure(f"injected failure at epoch {epoch}")
         os._exit(1)
 
     def _progress_line(self, metrics: dict[str, Any]) -> None:
@@ -326,7 +407,10 @@ class WorkerContext:
             history = [h for h in history if h.get("epoch") != metrics.get("epoch")] + [metrics]
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(history, indent=1))
-        if not self.in_ray or not self._due(metrics):
+        if not self.in_ray:
+            self._save_local(metrics, state)
+            return
+        if not self._due(metrics):
             return
         import ray.train
 
@@ -337,3 +421,14 @@ class WorkerContext:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+    def _save_local(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """A local run's checkpoint (``checkpoint_file``), when due as a Ray Train report would be."""
+        target = self.settings.checkpoint_file
+        if not target or state is None or not self._due(metrics):
+            return
+        from ghns.rundir import atomic_path
+
+        self._last_report = time.monotonic()
+        with atomic_path(target, suffix=".pt") as tmp:
+            torch.save(state, tmp)

@@ -27,7 +27,10 @@ from tests.conftest import REPO, TINY_SYNTHETIC
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 # More epochs than the tiny default, so that each stage is still running when the test strikes.
-LONGER = ["--localize-epochs", "6", "--stage1-epochs", "6", "--stage3-epochs", "4"]
+# The pipeline joins the test session's Ray (RAY_ADDRESS), where 'auto' would pick Ray Train: the
+# training runs here are local, as a laptop's are (Ray Train's resumption after a kill:
+# tests/faults/test_train_worker_kill.py).
+LONGER = ["--localize-epochs", "6", "--stage1-epochs", "6", "--stage3-epochs", "4", "--trainer", "local"]
 
 # stage -> (its record in stages.json, a file that exists only once the stage is under way)
 KILL_POINTS = [
