@@ -30,6 +30,15 @@ def load_probe_head(model: "ImageClassifier | PartsClassifier", probe) -> None:
     model.classify.bias.copy_(probe.bias)
 
 
+def _digest(blocks: nn.Module) -> str:
+    """A digest of a module's weights and buffers (names and bytes)."""
+    h = hashlib.sha1()
+    for key, value in blocks.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class ImageClassifier(nn.Module):
     """Backbone -> global average pooling -> standardisation -> linear classifier.
 
@@ -58,11 +67,12 @@ class ImageClassifier(nn.Module):
     def trunk_digest(self) -> str:
         """A digest of the frozen blocks' weights and buffers: classifiers with equal digests
         (and equal inputs) can share one pass through them."""
-        h = hashlib.sha1()
-        for key, value in self.backbone.blocks[: self.frozen_blocks].state_dict().items():
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return _digest(self.backbone.blocks[: self.frozen_blocks])
+
+    def tail_digest(self) -> str:
+        """The same of the blocks after the frozen ones: classifiers whose trunk and tail digests
+        are both equal (a fine-tuning that kept its probe start) have equal pooled features."""
+        return _digest(self.backbone.blocks[self.frozen_blocks:])
 
     def pooled(self, x: torch.Tensor, cached: bool = False) -> torch.Tensor:
         """Globally pooled features of images (or, with ``cached``, of trunk outputs)."""
@@ -79,11 +89,16 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.pooled(x, cached))
 
+    def flip_averaged_pooled(self, x: torch.Tensor, x_flipped: torch.Tensor,
+                             cached: bool = False) -> torch.Tensor:
+        """The pooled features averaged over an input and its horizontal flip (images, or trunk
+        outputs of the images and of the flipped images)."""
+        return (self.pooled(x, cached) + self.pooled(x_flipped, cached)) / 2
+
     def flip_averaged_logits(self, x: torch.Tensor, x_flipped: torch.Tensor,
                              cached: bool = False) -> torch.Tensor:
-        """Logits of the pooled features averaged over an input and its horizontal flip (images,
-        or trunk outputs of the images and of the flipped images)."""
-        return self.head((self.pooled(x, cached) + self.pooled(x_flipped, cached)) / 2)[1]
+        """Logits of ``flip_averaged_pooled``."""
+        return self.head(self.flip_averaged_pooled(x, x_flipped, cached))[1]
 
 
 class PartsClassifier(nn.Module):

@@ -35,7 +35,8 @@ class ScoreActor:
     Classifiers whose frozen blocks hold the same weights (the original classifier and its
     seed-ensemble copies) and read the same input share one pass through those blocks: each image
     is decoded once per crop and the frozen trunk runs once per group and orientation, not once
-    per classifier."""
+    per classifier. Those whose later blocks are equal too (each kept its probe start: LP-FT's
+    fine-tuning never beat it) share the pooled features, and only their heads differ."""
 
     def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
         from ghns.stage3.train import cpu_layout, load_image_classifier
@@ -44,12 +45,14 @@ class ScoreActor:
             torch.set_num_threads(threads)
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.groups: dict[tuple, list[tuple[str, Any]]] = {}
+        self.tails: dict[str, str] = {}  # each classifier's tail_digest
         self.layout = torch.contiguous_format
         for name, path in models.items():
             model, settings = load_image_classifier(path)
             self.layout = cpu_layout(model, self.device)
             key = (settings["crop"], settings["image_size"], model.frozen_blocks, model.trunk_digest())
             self.groups.setdefault(key, []).append((name, model.to(self.device).eval()))
+            self.tails[name] = model.tail_digest()
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -65,8 +68,12 @@ class ScoreActor:
             images = to_float(loaded.images).to(self.device)
             images = images.contiguous(memory_format=self.layout)
             trunk, flipped = members[0][1].trunk(images), members[0][1].trunk(images.flip(-1))
+            pooled: dict[str, torch.Tensor] = {}
             for name, model in members:
-                logits = model.flip_averaged_logits(trunk, flipped, cached=True)
+                tail = self.tails[name]
+                if tail not in pooled:
+                    pooled[tail] = model.flip_averaged_pooled(trunk, flipped, cached=True)
+                logits = model.head(pooled[tail])[1]
                 out[name] = list(logits.float().softmax(1).cpu().numpy())
         return out
 

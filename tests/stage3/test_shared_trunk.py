@@ -34,6 +34,17 @@ def test_digest_follows_frozen_weights_only():
     assert a.trunk_digest() != b.trunk_digest()
 
 
+def test_tail_digest_follows_the_blocks_after_the_frozen_ones():
+    a, b = _classifier(2, seed=0), _classifier(2, seed=1)
+    b.backbone.load_state_dict(a.backbone.state_dict())
+    with torch.no_grad():
+        b.classify.weight.add_(1.0)  # the head does not count
+    assert a.tail_digest() == b.tail_digest() and a.trunk_digest() == b.trunk_digest()
+    with torch.no_grad():
+        b.backbone.blocks[2][0][0].weight.add_(1.0)  # a trainable block does
+    assert a.tail_digest() != b.tail_digest() and a.trunk_digest() == b.trunk_digest()
+
+
 def test_trunk_cache_is_shared_and_keyed(tmp_path, monkeypatch):
     images = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
     config = str(tmp_path)  # the trunk cache folder
@@ -95,3 +106,37 @@ def test_score_actor_matches_each_model_alone(tiny_run):
         with torch.no_grad():  # flip-averaged, as evaluate scores
             alone = model.flip_averaged_logits(x, x.flip(-1)).softmax(1).numpy()
         np.testing.assert_allclose(np.stack(scored[name].to_numpy()), alone, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_classifiers_with_equal_backbones_share_the_pooled_features(tiny_run, tmp_path, monkeypatch):
+    """Two classifiers that differ only in their heads (what seed-ensemble members that kept
+    their probe starts are): one pooled pass per orientation, and each its own scores."""
+    from ghns.checkpoint import save_checkpoint
+    from ghns.stage3.evaluate import ScoreActor
+    from ghns.stage3.train import load_image_classifier
+
+    model, settings = load_image_classifier(tiny_run / "train-final" / "original.pt")
+    with torch.no_grad():
+        model.classify.weight.mul_(-1.0)  # another head on the same backbone
+    save_checkpoint(tmp_path / "twin.pt", model, settings)
+    models = {"original": str(tiny_run / "train-final" / "original.pt"), "twin": str(tmp_path / "twin.pt")}
+    actor = ScoreActor(models)
+    assert len(actor.groups) == 1 and len(set(actor.tails.values())) == 1
+
+    catalog = pd.read_parquet(tiny_run / "catalog.parquet")
+    rows = catalog[catalog["split"] == "test"].head(4).copy()
+    rows["_order"] = np.arange(len(rows))
+    calls = []
+    pooled = ImageClassifier.pooled
+    monkeypatch.setattr(ImageClassifier, "pooled", lambda self, *a, **k: calls.append(1) or pooled(self, *a, **k))
+    scored = actor(rows)
+    assert len(calls) == 2  # the image and its mirror image, once for both classifiers
+    monkeypatch.undo()
+    x = to_float(load_resized(rows["path"].tolist(), settings["image_size"]).images)
+    for name, path in models.items():
+        alone, _ = load_image_classifier(path)
+        with torch.no_grad():
+            want = alone.eval().flip_averaged_logits(x, x.flip(-1)).softmax(1).numpy()
+        np.testing.assert_allclose(np.stack(scored[name].to_numpy()), want, atol=1e-5)
+    assert not np.allclose(np.stack(scored["original"].to_numpy()), np.stack(scored["twin"].to_numpy()))
