@@ -81,8 +81,10 @@ class Config:
                        choices=("auto",) + BACKBONE_NAMES)
     pretrained: str = _opt("auto", "Backbone weights: 'imagenet', 'none' or a state-dict file; "
                                    "'auto' is imagenet where the backbone has it.", section="localize")
-    localize_image_size: int = _opt(0, "Side of the images the localizer sees; 0 = the synthetic "
-                                       "image size, or 224.", low=0, high=2048, section="localize")
+    localize_image_size: int = _opt(0, "Side of the images the localizer (and the image "
+                                       "classifiers that start from it) sees; 0 = 224, or on the "
+                                       "synthetic set its image size, at most 80.",
+                                    low=0, high=2048, section="localize")
     localize_epochs: int = _opt(40, "Epochs of the localizer (CAM and part heads).", low=1,
                                 section="localize")
     localize_lr: float = _opt(2e-3, "Peak learning rate of the localizer (AdamW, one-cycle).",
@@ -220,6 +222,10 @@ class Config:
                                         "sign-test p-value of the epoch beating the probe on the "
                                         "val images they disagree on. 1 = any val gain replaces it.",
                                   low=0.0, low_open=True, high=1.0, section="train-final", before=1.0)
+    patience: int = _opt(4, "Stage-3 classifiers stop fine-tuning once this many epochs in a row "
+                            "have not replaced the weights kept on val (the probe start or a "
+                            "better epoch); 0 = every epoch runs.", low=0, section="train-final",
+                         before=0)
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
                                  "one included); 1 disables the control.", low=1, section="train-final")
     # -- evaluate ----------------------------------------------------------------------------
@@ -239,6 +245,9 @@ class Config:
     run_dir: str = _opt("ghns-run", "Run directory: every stage reads and writes here.")
     device: str = _opt("auto", "Where to compute: 'auto' takes cuda when torch sees a GPU.",
                        choices=("auto", "cpu", "cuda"))
+    amp: bool = _opt(True, "Train in bf16 autocast where the hardware computes bf16 natively (a "
+                           "CUDA GPU; a CPU with avx512_bf16 or AMX, where the convolutions train "
+                           "about 1.4-1.6x faster); elsewhere, or with --no-amp, float32.")
     workers: int = _opt(1, "Ray Train workers (one GPU each with --device cuda).", low=1)
     actors: int = _opt(1, "Ray Data actors for batch inference and candidate scoring.", low=1)
     batch_size: int = _opt(64, "Images per training batch (per worker).", low=2)
@@ -304,7 +313,9 @@ class Config:
     def resolved_localize_size(self) -> int:
         if self.localize_image_size:
             return self.localize_image_size
-        return self.synthetic_image_size if self.dataset == "synthetic" else 224
+        # the from-scratch localizer of the synthetic set: at 80 px its maps are 10 x 10 and the
+        # part boxes still good enough for pure negatives (at 64 px they were not; README, Speed)
+        return min(self.synthetic_image_size, 80) if self.dataset == "synthetic" else 224
 
     def resolved_fusion_weights(self) -> tuple[float, float, float] | None:
         if self.fusion_weights is None:

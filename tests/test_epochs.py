@@ -30,15 +30,15 @@ class Host:
         self.saved[metrics["epoch"]] = (dict(metrics), buf.getvalue())
 
 
-def _training(best: bool):
+def _training(best: bool, patience: int = 0):
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    return Training(model, opt, sched, Streams(3), KeepBest() if best else None)
+    return Training(model, opt, sched, Streams(3), KeepBest(patience=patience) if best else None)
 
 
-def _loop(host: Host, t: Training, accs: list[float], calls: list[str]):
+def _loop(host: Host, t: Training, accs: list[float], calls: list[str], epochs: int = 4):
     def train_epoch():
         calls.append("train")
         with torch.no_grad():
@@ -50,7 +50,7 @@ def _loop(host: Host, t: Training, accs: list[float], calls: list[str]):
         calls.append("evaluate")
         return {"val_acc": accs[len([c for c in calls if c == "evaluate"]) - 1]}, None
 
-    return run_epochs(host, t, 4, train_epoch, evaluate, start=lambda: calls.append("start"),
+    return run_epochs(host, t, epochs, train_epoch, evaluate, start=lambda: calls.append("start"),
                       extra={"bank_size": 7})
 
 
@@ -79,3 +79,39 @@ def test_a_resumed_run_skips_the_start_and_ends_as_one_never_interrupted():
     assert "start" not in calls and host.calls[1:] == ["fail_once 2", "report 2", "fail_once 3", "report 3"]
     assert torch.equal(uninterrupted.model.weight, resumed.model.weight)
     assert host.saved[3][0]["loss"] == whole.saved[3][0]["loss"]
+
+
+def test_patience_stops_once_that_many_epochs_have_not_replaced_the_kept_weights():
+    host, t, calls = Host(), _training(best=True, patience=2), []
+    # start 50; epochs 0-7 score 40, 60, 55, 58, 90, ...: epoch 1 is kept, epochs 2 and 3 do not
+    # replace it, so training stops after epoch 3 (the 90 of epoch 4 is never seen)
+    kept = _loop(host, t, [50.0, 40.0, 60.0, 55.0, 58.0, 90.0, 90.0, 90.0, 90.0], calls, epochs=8)
+    assert kept == 1 and calls.count("train") == 4
+    assert host.calls[-1] == "report 3" and host.saved[3][0]["early_stop"] == 2
+    assert all("early_stop" not in host.saved[e][0] for e in range(3))
+
+    # the start kept: patience epochs are trained, then none
+    host, t, calls = Host(), _training(best=True, patience=3), []
+    assert _loop(host, t, [50.0] * 9, calls, epochs=8) == -1 and calls.count("train") == 3
+
+    # a stop at the last epoch is no early stop; patience 0 runs every epoch
+    host, t, calls = Host(), _training(best=True, patience=4), []
+    _loop(host, t, [50.0] * 9, calls, epochs=4)
+    assert calls.count("train") == 4 and "early_stop" not in host.saved[3][0]
+    host, t, calls = Host(), _training(best=True, patience=0), []
+    assert _loop(host, t, [50.0] * 9, calls, epochs=8) == -1 and calls.count("train") == 8
+
+
+def test_without_val_patience_never_stops_and_a_resumed_stalled_run_trains_no_more():
+    host, t, calls = Host(), _training(best=True, patience=1), []
+    _loop(host, t, [float("nan")] * 9, calls, epochs=5)  # no val split: nothing is kept
+    assert calls.count("train") == 5
+
+    host, t = Host(), _training(best=True, patience=2)
+    _loop(host, t, [50.0] * 9, [], epochs=8)
+    assert sorted(host.saved) == [0, 1]
+    state = torch.load(io.BytesIO(host.saved[1][1]), weights_only=True)  # killed after that report
+    resumed, calls, again = _training(best=True, patience=2), [], Host(state)
+    assert _loop(again, resumed, [50.0] * 9, calls, epochs=8) == -1
+    assert calls == [] and again.calls == ["restore"]
+    assert torch.equal(resumed.model.weight, t.model.weight)  # the start, put back

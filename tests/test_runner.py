@@ -114,3 +114,24 @@ def test_one_cpu_worker_on_a_local_ray_trains_in_this_process(monkeypatch):
     assert not trains_locally(Config(device="cpu"))
     with pytest.raises(ConfigError, match="trainer"):
         Config(trainer="local", workers=2)
+
+
+def test_bf16_autocast_only_where_the_hardware_computes_it(monkeypatch):
+    from ghns.train import runner
+
+    lines = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 4000\n"
+    assert runner.cpu_has_native_bf16(lines.format("avx512f avx512_bf16"))
+    assert runner.cpu_has_native_bf16(lines.format("amx_tile amx_bf16"))
+    assert not runner.cpu_has_native_bf16(lines.format("avx512f avx512bw"))  # would be emulated
+    assert not runner.cpu_has_native_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
+
+    net = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    for native in (True, False):
+        monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda native=native: native)
+        for amp in (True, False):
+            ctx = runner.WorkerContext(WorkerSpec(amp=amp))
+            assert ctx.amp == (amp and native)
+            with ctx.autocast():
+                out = net(x)
+            assert out.dtype == (torch.bfloat16 if amp and native else torch.float32)

@@ -74,3 +74,20 @@ def test_unknown_settings_are_refused():
         OptimSpec.from_dict({"lr": 0.1, "epochs": 2, "lr_step": 5})  # the old, renamed key
     with pytest.raises(TypeError):
         ModelSpec.from_dict({"backbone": "tiny_cnn"})  # missing fields
+
+
+def test_image_classifiers_see_the_size_their_localizer_start_was_trained_at(tmp_path):
+    cfg = Config(run_dir=str(tmp_path / "run"))
+    assert cfg.resolved_localize_size() == 80  # the synthetic default's 96 px renders, at most 80
+    assert Config(synthetic_image_size=48).resolved_localize_size() == 48
+    assert Config(localize_image_size=72).resolved_localize_size() == 72
+    assert Config(dataset="cub", root=str(tmp_path)).resolved_localize_size() == 224
+    run = RunDir(cfg.run_dir)
+    (run.path / "localize").mkdir(parents=True)
+    (run.path / "localize" / "model.pt").write_bytes(b"")  # a localizer exists: the start
+    spec = ImageClassifierSpec.from_config(cfg, run, 20, crop="whole", seed=0, output=run.train_final / "o.pt")
+    assert spec.init_from and spec.model.image_size == 80
+    # a run whose localizer was trained under the earlier rule (the renders' own 96 px) keeps it
+    run.localization_json.write_text(json.dumps({"image_size": 96}))
+    spec = ImageClassifierSpec.from_config(cfg, run, 20, crop="whole", seed=0, output=run.train_final / "o.pt")
+    assert spec.model.image_size == 96

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from ghns.checkpoint import load_model
 from ghns.data.tensors import load_resized, to_float
+from ghns.models.backbones import cpu_layout
 from ghns.localize.boxes import box_from_map, mass_centre, scale_box
 
 BOX_COLS = ("x", "y", "w", "h")
@@ -77,6 +78,7 @@ class LocalizeActor:
         self.model, self.settings = load_model(model_path, "localizer")
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
+        cpu_layout(self.model, self.device)
         self.cam_threshold, self.foreground_threshold = cam_threshold, foreground_threshold
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

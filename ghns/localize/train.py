@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import part_area, part_compactness, part_presence, part_separation
-from ghns.models.backbones import create_backbone
+from ghns.models.backbones import cpu_layout, create_backbone
 from ghns.models.localizer import PartLocalizer
 from ghns.checkpoint import save_checkpoint
 from ghns.train.epochs import Training, run_epochs
@@ -42,7 +42,8 @@ def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> 
 def _trunk_outputs(model: PartLocalizer, images: torch.Tensor, device: torch.device,
                    batch: int = 64) -> torch.Tensor:
     model.eval()
-    outs = [model.trunk(to_float(images[i:i + batch]).to(device)).half().cpu()
+    layout = cpu_layout(model, device)
+    outs = [model.trunk(to_float(images[i:i + batch]).to(device).contiguous(memory_format=layout)).half().cpu()
             for i in range(0, len(images), batch)]
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -62,6 +63,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
     train_x, train_y = load("train")
     val_x, val_y = load("val")
     model = build_localizer(spec.model.to_dict())
+    layout = cpu_layout(model, ctx.device)
     cached = model.frozen_blocks > 0
     if cached:  # run the frozen trunk once; training sees only its (cached) output
         model.to(ctx.device)
@@ -79,7 +81,7 @@ def localizer_loop(config: dict[str, Any]) -> None:
         x = x.float() if cached else to_float(x)
         if train:
             x = augment(x, t.streams.torch, max_shift=0.0 if cached else 0.1)
-        return x.to(ctx.device)
+        return x.to(ctx.device).contiguous(memory_format=layout)
 
     run_epochs(ctx, t, epochs,
                lambda: _localizer_epoch(spec, ctx, net, model, opt, sched, train_x, train_y, inputs,
@@ -102,11 +104,12 @@ def _localizer_epoch(spec: LocalizerSpec, ctx: WorkerContext, net, model: PartLo
     batch = spec.batch_size
     batches = [b for b in (order[i:i + batch] for i in range(0, len(order), batch)) if len(b) >= 2]
     for idx in batches[:ctx.common_steps(len(batches))]:
-        out = net(inputs(train_x[idx], True), cached=cached)
+        with ctx.autocast():  # the network in bf16 where the hardware has it; the losses in float32
+            out = net(inputs(train_x[idx], True), cached=cached)
         y = train_y[idx].to(ctx.device)
-        parts = out["assign"][:, :-1]
-        l_cam = F.cross_entropy(out["cam_logits"], y)
-        l_part = F.cross_entropy(out["part_logits"], y)
+        parts = out["assign"][:, :-1].float()
+        l_cam = F.cross_entropy(out["cam_logits"].float(), y)
+        l_part = F.cross_entropy(out["part_logits"].float(), y)
         l_comp, l_pres = part_compactness(parts), part_presence(parts)
         l_sep = part_separation(parts)
         l_area = part_area(parts, spec.part_min_area)

@@ -9,6 +9,7 @@ import torch
 from ghns.checkpoint import load_model
 from ghns.data.tensors import load_part_crops, to_float
 from ghns.models import N_PARTS
+from ghns.models.backbones import cpu_layout
 
 BOX_COLUMNS = [f"part{k + 1}_{c}" for k in range(N_PARTS) for c in "xywh"]
 
@@ -23,6 +24,7 @@ class EmbedActor:
         self.model, self.settings = load_model(model_path, "part_networks")
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
+        cpu_layout(self.model, self.device)
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,6 @@ frozen blocks run once and their output is cached, so CPU epochs only run the tr
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_part_crops, to_float
 from ghns.errors import StageError
 from ghns.losses import adversarial_loss, shuffled_sets, triplet_loss
+from ghns.models.backbones import cpu_layout
 from ghns.models.parts import PartNetworks
 from ghns.sampling import pk_batches
 from ghns.checkpoint import save_checkpoint
@@ -83,6 +83,7 @@ def stage1_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.seed + ctx.rank)
     (train_x, train_y), (val_x, val_y) = _load_crops(spec, ctx, "train"), _load_crops(spec, ctx, "val")
     model = build_parts(spec.settings())
+    cpu_layout(model, ctx.device)  # the inputs stay (N, P, ...): each part's convolutions convert
     cached = spec.model.frozen_blocks > 0
     start_time = time.perf_counter()
     if cached:
@@ -113,7 +114,7 @@ def _parts_epoch(spec: PartNetworksSpec, ctx: WorkerContext, net, model: PartNet
                  train_x: torch.Tensor, train_y: torch.Tensor, inputs, gen: torch.Generator) -> dict[str, float]:
     """One epoch of Eq. 7 on P-K batches; the mean losses and discriminator accuracy over workers."""
     cached = spec.model.frozen_blocks > 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.amp else contextlib.nullcontext()
+    autocast = ctx.autocast()
     net.train()
     if cached:
         for part in model.networks():

@@ -39,7 +39,8 @@ class ScoreActor:
     fine-tuning never beat it) share the pooled features, and only their heads differ."""
 
     def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
-        from ghns.stage3.train import cpu_layout, load_image_classifier
+        from ghns.models.backbones import cpu_layout
+        from ghns.stage3.train import load_image_classifier
 
         if device == "cpu":
             torch.set_num_threads(threads)

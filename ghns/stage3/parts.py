@@ -109,6 +109,7 @@ class PartsSettings:
     batch_images: int
     negatives_per_anchor: int = 1
     replace_start_p: float = 1.0
+    patience: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
@@ -173,7 +174,7 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     model.start_from(probe if probe is not None else parts_probe(data, num_classes))
     model.to(device)
     opt, sched = settings.optim().build([p for p in model.parameters() if p.requires_grad])
-    best = KeepBest(settings.replace_start_p)
+    best = KeepBest(settings.replace_start_p, settings.patience)
     t = Training(model, opt, sched, Streams(seed * 1000 + rank), best)
     net = wrap(model)
 

@@ -13,6 +13,9 @@ loop keeps a best epoch). ``run_epochs`` owns the rest, in one order for all of 
    Ray Train checkpoint of weights, optimiser, schedule, streams and best epoch);
 3. the best epoch's weights put back into the model.
 
+Training ends early when ``KeepBest``'s patience runs out (``KeepBest.stalled``): that epoch's
+report is marked ``early_stop`` (a final one), and a resumed run that finds it so trains no more.
+
 Where the loop runs decides what reporting means (``Host``): a Ray Train worker
 (``runner.WorkerContext``), or a plain process that keeps nothing (``LOCAL``: the study's jobs,
 tests).
@@ -64,13 +67,24 @@ class KeepBest:
     correctness, better beyond chance: the one-sided sign test of the epoch against the start on
     the val images they disagree on must reach ``p <= replace_start_p``. The best of a dozen
     noisy epochs on 150 images is otherwise often a lucky one (seed 1 of README's CUB study kept
-    an epoch 2 images above its probe on val that fell 1.4 points below it on test)."""
+    an epoch 2 images above its probe on val that fell 1.4 points below it on test).
 
-    def __init__(self, replace_start_p: float = 1.0) -> None:
+    ``patience``: training stops once that many epochs in a row have not replaced the kept
+    weights (0: never early). On a val split every fine-tuned epoch of the README runs lost to
+    its probe start (synthetic and CUB-50), and the epochs after the first few only cost time."""
+
+    def __init__(self, replace_start_p: float = 1.0, patience: int = 0) -> None:
         self.acc, self.epoch = float("-inf"), -1
         self.state: dict[str, torch.Tensor] | None = None
         self.replace_start_p = replace_start_p
+        self.patience = patience
         self.start_correct: torch.Tensor | None = None
+
+    def stalled(self, epoch: int) -> bool:
+        """Whether training stops after ``epoch``: ``patience`` epochs since the kept one (the
+        start counts as epoch -1), and something kept (without val nothing is, and every epoch
+        runs)."""
+        return self.patience > 0 and self.state is not None and epoch - self.epoch >= self.patience
 
     def beats_start(self, correct: torch.Tensor | None) -> bool:
         """Whether an epoch with these per-image val results may replace the start."""
@@ -147,7 +161,8 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
         t.model.eval()
         found, correct = evaluate()
         t.best.update(t.model, found["val_acc"], -1, correct)
-    for epoch in range(first, epochs):
+    stalled = first > 0 and t.best is not None and t.best.stalled(first - 1)
+    for epoch in range(first, epochs if not stalled else first):
         host.fail_once(epoch)
         t0 = time.perf_counter()
         metrics = train_epoch()
@@ -159,5 +174,10 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
         if t.best is not None:
             t.best.update(t.model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, **(extra or {})})
+        stalled = t.best is not None and t.best.stalled(epoch) and epoch < epochs - 1
+        if stalled:
+            metrics["early_stop"] = t.best.patience
         host.report(metrics, t.state(epoch))
+        if stalled:
+            break
     return t.best.apply(t.model) if t.best is not None else None

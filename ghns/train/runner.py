@@ -15,6 +15,7 @@ checkpoint save/restore and metric reporting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, 
     error_file.unlink(missing_ok=True)
     history = Path(history_file).resolve() if history_file else storage / name / "history.json"
     settings = WorkerSpec(**{"device": device, "error_file": str(error_file), "run_name": name,
+                             "amp": getattr(cfg, "amp", True),
                              "progress": not getattr(cfg, "quiet", False),
                              "torch_threads": torch_threads_for(cfg.workers),
                              "history_file": str(history),
@@ -201,6 +203,19 @@ def _quiet_ray_train_worker() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` flag of
+    Linux's ``/proc/cpuinfo``, or ``cpuinfo``'s text): there bf16 autocast trains these
+    convolutions 1.4-1.6x faster; elsewhere oneDNN would emulate it, slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def torch_backend(device: str) -> str:
     """NCCL where workers really have CUDA; gloo otherwise (CPU, or logical GPUs in tests)."""
     return "nccl" if device == "cuda" and torch.cuda.is_available() else "gloo"
@@ -284,7 +299,7 @@ class WorkerContext:
             self.device = torch.device("cpu")
             if self.settings.torch_threads:
                 torch.set_num_threads(int(self.settings.torch_threads))
-        self.amp = self.device.type == "cuda" and self.settings.amp
+        self.amp = self.settings.amp and (self.device.type == "cuda" or cpu_has_native_bf16())
         self.history_file = self.settings.history_file
         _quiet_ray_train_worker()
         self.epochs = self.settings.epochs
@@ -293,6 +308,12 @@ class WorkerContext:
         self.progress = self.settings.progress
         self.run_name = self.settings.run_name
         self._epoch_clock = time.monotonic()
+
+    def autocast(self) -> Any:
+        """bf16 autocast on this worker's device when it trains in it (``amp``), else nothing."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def is_main(self) -> bool:
@@ -377,7 +398,9 @@ class WorkerContext:
         line += [f"{k} {v:.2f}" for k, v in metrics.items()
                  if k.startswith("val_") and isinstance(v, (int, float)) and v == v][:3]
         line.append(f"{took:.1f} s")
-        if self.epochs:
+        if metrics.get("early_stop"):
+            line.append(f"stopping early: {metrics['early_stop']} epochs without replacing the kept weights")
+        elif self.epochs:
             left = max(0, int(self.epochs) - epoch - 1) * took
             line.append(f"about {int(left // 60)} min {int(left % 60)} s left")
         # Ray Train's print patch both tees a print to the worker's stdout and logs it (every line
@@ -390,7 +413,8 @@ class WorkerContext:
         ``report_seconds``. Each report waits for the controller to collect it (a second or two),
         which dominated loops whose epochs take a fraction of a second (the parts classifier:
         5 s of training, 2 min of reporting). Workers agree (any due -> all report)."""
-        final = self.epochs is None or metrics.get("epoch") == int(self.epochs) - 1
+        final = (self.epochs is None or metrics.get("epoch") == int(self.epochs) - 1
+                 or bool(metrics.get("early_stop")))
         due = final or time.monotonic() - self._last_report >= self.report_seconds
         if self.world > 1 and torch.distributed.is_initialized():
             due = bool(self.all_reduce(torch.tensor([float(due)])).item() > 0)

@@ -14,6 +14,7 @@ Field names are the Config names they come from (``part_area``, ``triplet_margin
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,7 @@ class ImageClassifierSpec(TrainingSpec):
     batch_classes: int
     batch_images: int
     replace_start_p: float = 1.0
+    patience: int = 0
     init_from: str | None = None  # a checkpoint whose backbone to start from (the localizer's)
     trunk_cache: str | None = None  # where frozen-trunk outputs are shared between classifiers
 
@@ -243,8 +245,11 @@ class ImageClassifierSpec(TrainingSpec):
         localizer = run.path / "localize" / "model.pt"
         init_from = _path(localizer) if weights == "none" and localizer.is_file() else None
         trainable = cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0 else cfg.trainable_blocks
+        size = cfg.resolved_localize_size()
+        if init_from and run.localization_json.is_file():  # the size its start was trained at
+            size = json.loads(run.localization_json.read_text()).get("image_size", size)
         return cls(
-            model=ModelSpec.for_backbone(cfg, num_classes, cfg.resolved_localize_size(), trainable,
+            model=ModelSpec.for_backbone(cfg, num_classes, size, trainable,
                                          pretrained_default=1, weights=weights,
                                          freeze_as="localizer" if init_from else None),
             optim=OptimSpec.from_config(cfg, cfg.stage3_lr, cfg.stage3_epochs),
@@ -252,7 +257,7 @@ class ImageClassifierSpec(TrainingSpec):
             crop=crop, seed=seed, lambda_image=cfg.lambda_image, triplet_margin=cfg.triplet_margin,
             triplet_mining=cfg.triplet_mining, batch_classes=cfg.batch_classes,
             batch_images=cfg.batch_images, replace_start_p=cfg.replace_start_p,
-            init_from=init_from, trunk_cache=_path(run.train_final / "cache"))
+            patience=cfg.patience, init_from=init_from, trunk_cache=_path(run.train_final / "cache"))
 
 
 @dataclass(frozen=True)

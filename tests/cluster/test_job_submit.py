@@ -62,8 +62,8 @@ def head():
         yield address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
+        try:  # a graceful stop takes ~30 s here; the whole group is killed after 10
+            proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()

@@ -68,14 +68,17 @@ def test_two_concurrent_pipelines_on_one_run_directory(tmp_path, cli, ray_sessio
 
     run = tmp_path / "run"
     env = {**_env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's Ray
+    # trained in the pipeline's process (on a Ray address 'auto' picks Ray Train, whose start-ups
+    # this test does not need: it is about the lock)
     first = subprocess.Popen([sys.executable, "-m", "ghns", "pipeline", "--run-dir", str(run),
-                              *TINY_SYNTHETIC], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              *TINY_SYNTHETIC, "--trainer", "local"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, env=env)
     try:
         lock = run / ".lock"
         _wait_for(lambda: lock.is_file() and f"pid {first.pid} " in lock.read_text(), 120,
                   "the first pipeline to take the lock")
-        code, out, err = cli("pipeline", "--run-dir", run, *TINY_SYNTHETIC)
+        code, out, err = cli("pipeline", "--run-dir", run, *TINY_SYNTHETIC, "--trainer", "local")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and f"in use by pid {first.pid} " in lines[0], err
         _, first_err = first.communicate(timeout=900)
