@@ -174,9 +174,10 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
         if t.best is not None:
             t.best.update(t.model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, **(extra or {})})
-        stalled = t.best is not None and t.best.stalled(epoch) and epoch < epochs - 1
-        if stalled:
-            metrics["early_stop"] = t.best.patience
+        best = t.best
+        stalled = best is not None and best.stalled(epoch) and epoch < epochs - 1
+        if best is not None and stalled:
+            metrics["early_stop"] = best.patience
         host.report(metrics, t.state(epoch))
         if stalled:
             break
