@@ -26,7 +26,8 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("ray"))
     cfg = Config.from_yaml(run / "config.yaml", saved_run=True).replace(
-        run_dir=str(run), stage3_epochs=8, seed_ensemble=1, max_failures=1, trainer="ray")
+        run_dir=str(run), stage3_epochs=8, seed_ensemble=1, max_failures=1, trainer="ray",
+        patience=0)  # all 8 epochs run: the kill strikes after the third, resumption goes on
     original = runner.fit
 
     def fit_every_epoch(loop, spec, cfg, name, **worker):  # a checkpoint at every epoch
