@@ -161,8 +161,9 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
         t.model.eval()
         found, correct = evaluate()
         t.best.update(t.model, found["val_acc"], -1, correct)
-    stalled = first > 0 and t.best is not None and t.best.stalled(first - 1)
-    for epoch in range(first, epochs if not stalled else first):
+    if first > 0 and t.best is not None and t.best.stalled(first - 1):
+        epochs = first  # it stopped early before the interruption: nothing is left to train
+    for epoch in range(first, epochs):
         host.fail_once(epoch)
         t0 = time.perf_counter()
         metrics = train_epoch()
@@ -175,10 +176,10 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
             t.best.update(t.model, metrics["val_acc"], epoch, correct)
         metrics.update({"epoch": epoch, "epoch_seconds": time.perf_counter() - t0, **(extra or {})})
         best = t.best
-        stalled = best is not None and best.stalled(epoch) and epoch < epochs - 1
-        if best is not None and stalled:
+        stop = best is not None and epoch < epochs - 1 and best.stalled(epoch)
+        if best is not None and stop:
             metrics["early_stop"] = best.patience
         host.report(metrics, t.state(epoch))
-        if stalled:
+        if stop:
             break
     return t.best.apply(t.model) if t.best is not None else None
