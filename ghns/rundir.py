@@ -151,6 +151,7 @@ class RunDir:
     train_final = _Path("train-final", before="stage3")  # the classifiers and their histories
     train_final_json = _Path("train-final.json", before="stage3.json")
     scores = _Path("scores")
+    trunks = _Path("trunks")  # frozen-trunk outputs, once per run (ghns.trunks)
     report_json = _Path("report.json")
     report_md = _Path("report.md")
     figures = _Path("figures")

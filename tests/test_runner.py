@@ -135,3 +135,48 @@ def test_bf16_autocast_only_where_the_hardware_computes_it(monkeypatch):
             with ctx.autocast():
                 out = net(x)
             assert out.dtype == (torch.bfloat16 if amp and native else torch.float32)
+
+
+def _counting_loop(config: dict) -> None:
+    """A loop for ``fit_all``: 3 epochs with a checkpoint each, writing its output at the end;
+    the spec's ``fail_at`` epoch raises once (a marker file remembers), as a dying worker."""
+    import json
+    from pathlib import Path
+
+    from ghns.train.runner import WorkerContext
+
+    spec, ctx = config["spec"], WorkerContext(config)
+    state = ctx.restore()
+    start = 0 if state is None else state["epoch"] + 1
+    for epoch in range(start, 3):
+        marker = Path(spec["marker"])
+        if epoch == spec.get("fail_at") and not marker.exists():
+            marker.write_text("failed")
+            raise RuntimeError("injected")
+        ctx.report({"epoch": epoch, "loss": float(epoch)}, {"epoch": epoch})
+    log = Path(spec["log"])
+    log.write_text(log.read_text() + json.dumps([ctx.run_name, start]) + "\n" if log.is_file()
+                   else json.dumps([ctx.run_name, start]) + "\n")
+    Path(spec["output"]).write_text("done")
+
+
+def test_fit_all_trains_the_pending_jobs_in_order_and_resumes_the_interrupted_one(tmp_path):
+    import json
+
+    from ghns.config import Config
+    from ghns.train.runner import FitJob, fit_all
+
+    cfg = Config(run_dir=str(tmp_path / "run"), trainer="local", max_failures=1, quiet=True)
+    log = tmp_path / "log"
+
+    def job(name: str, **extra) -> FitJob:
+        out = tmp_path / f"{name}.out"
+        spec = {"log": str(log), "output": str(out), "marker": str(tmp_path / f"{name}.failed"), **extra}
+        return FitJob(_counting_loop, spec, name, tmp_path / f"{name}.history.json", out, epochs=3)
+
+    (tmp_path / "a.out").write_text("done")  # done before: skipped
+    results = fit_all([job("a"), job("b", fail_at=2), job("c")], cfg, name="all", report_seconds=0)
+    runs = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    assert runs == [("b", 2), ("c", 0)]  # b resumed at its failed epoch from its own checkpoint; c from 0
+    assert [len(r.history) for r in results] == [0, 3, 3]
+    assert [h["epoch"] for h in results[1].history] == [0, 1, 2]

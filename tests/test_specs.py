@@ -16,7 +16,7 @@ from ghns.train.specs import (ImageClassifierSpec, LocalizerSpec, ModelSpec, Opt
 
 # fields that are not Config settings: the run's files, what the stage derives, the model's shape
 NOT_CONFIG = {"catalog", "localization", "output", "embeddings", "negatives", "init_from",
-              "trunk_cache", "num_classes", "frozen_blocks", "image_size", "crop", "use_negatives",
+              "trunks", "trunk_blocks", "num_classes", "frozen_blocks", "image_size", "crop", "use_negatives",
               "lr", "epochs", "parts"}
 # the localizer trains with AdamW, weight decay 1e-4 and a one-cycle schedule whatever the Config
 # says for stages 1 and 3: its OptimSpec keeps the defaults

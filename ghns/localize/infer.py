@@ -28,20 +28,21 @@ def columns(prefix: str) -> list[str]:
 @torch.no_grad()
 def localize_batch(model, images: torch.Tensor, labels: np.ndarray, is_train: np.ndarray,
                    sizes: list[tuple[int, int]], cam_threshold: float,
-                   foreground_threshold: float) -> dict[str, np.ndarray]:
-    """Boxes and part centres for a batch, in each image's original pixels.
+                   foreground_threshold: float, side: int | None = None) -> dict[str, np.ndarray]:
+    """Boxes and part centres for a batch, in each image's original pixels. ``images``: uint8
+    images, or with ``side`` (the input size they were taken at) the localizer's trunk outputs.
 
     CAM of the true class on train images and of the predicted class elsewhere; the foreground
     map is one minus the background assignment; part centres are the centres of mass of the
     part assignment maps.
     """
     model.eval()
-    out = model(to_float(images))
+    out = model(images, cached=True) if side is not None else model(to_float(images))
     probs = out["cam_logits"].softmax(1)
     pred = probs.argmax(1)
     classes = torch.where(torch.tensor(np.asarray(is_train, dtype=bool), device=pred.device),
                           torch.tensor(np.asarray(labels, dtype=np.int64), device=pred.device), pred)
-    side = images.shape[-1]
+    side = side if side is not None else images.shape[-1]
     cams = F.interpolate(model.cam(out["features"], classes)[:, None], size=(side, side),
                          mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
     assign = F.interpolate(out["assign"], size=(side, side), mode="bilinear",
@@ -93,3 +94,38 @@ class LocalizeActor:
         out["image_w"] = [w for w, _ in loaded.sizes]
         out["image_h"] = [h for _, h in loaded.sizes]
         return out
+
+
+@torch.no_grad()
+def boxes_from_trunks(model_path: str, folder: str, catalog, trunk_blocks: int, cam_threshold: float,
+                      foreground_threshold: float, batch: int = 64) -> pd.DataFrame:
+    """What ``LocalizeActor`` gives for every catalogued image, from the run's frozen-trunk
+    outputs (``ghns.trunks``) instead of the images: the localizer's further frozen blocks and its
+    heads run here, in this process (no image is decoded again)."""
+    from ghns.localize.train import frozen_rest
+    from ghns.trunks import SPLITS, read_trunks
+
+    model, settings = load_model(model_path, "localizer")
+    device = torch.device("cpu")
+    frames = []
+    for split in SPLITS:
+        rows = catalog.split(split)[["image_id", "label", "split"]].reset_index(drop=True)
+        if rows.empty:
+            continue
+        data = read_trunks(folder, split, rows["image_id"].to_numpy())
+        sizes = [(int(w), int(h)) for w, h in data["size"].tolist()]
+        parts = []
+        for i in range(0, len(rows), batch):
+            feats = frozen_rest(model, data["x"][i:i + batch], trunk_blocks, device).float()
+            feats = feats.contiguous(memory_format=cpu_layout(model, device))
+            parts.append(localize_batch(model, feats, rows["label"].to_numpy()[i:i + batch],
+                                        np.full(len(feats), split == "train"), sizes[i:i + batch],
+                                        cam_threshold, foreground_threshold, side=settings["image_size"]))
+        out = rows.copy()
+        for name in parts[0]:
+            out[name] = np.concatenate([p[name] for p in parts])
+        out["image_failed"] = False
+        out["image_w"] = [w for w, _ in sizes]
+        out["image_h"] = [h for _, h in sizes]
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)

@@ -21,7 +21,7 @@ from ghns.data.catalog import Catalog
 from ghns.errors import ConfigError
 from ghns.localize import metrics, oracle
 from ghns.localize.boxes import box_around
-from ghns.localize.infer import LocalizeActor, columns
+from ghns.localize.infer import LocalizeActor, boxes_from_trunks, columns
 from ghns.localize.train import localizer_loop
 from ghns.models import N_PARTS
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
@@ -71,9 +71,13 @@ def _learned_boxes(cfg: Config, run: RunDir, catalog: Catalog, force: bool) -> t
     if force:  # a forced stage starts over instead of resuming the last run's checkpoints
         shutil.rmtree(storage, ignore_errors=True)
         history_file.unlink(missing_ok=True)
-    spec = LocalizerSpec.from_config(cfg, run, len(catalog.classes))
+    spec = shared_trunks(cfg, run, catalog, LocalizerSpec.from_config(cfg, run, len(catalog.classes)))
     result = fit(localizer_loop, spec, cfg, name="localize", history_file=history_file,
                  epochs=spec.optim.epochs)
+    if spec.trunks:
+        found = boxes_from_trunks(str(model_path.resolve()), spec.trunks, catalog, spec.trunk_blocks,
+                                  cfg.cam_threshold, cfg.foreground_threshold)
+        return found, result.history
     device = resolve_device(cfg)
     found = map_batches_pandas(
         catalog.table[["image_id", "path", "label", "split"]], LocalizeActor,
@@ -85,6 +89,34 @@ def _learned_boxes(cfg: Config, run: RunDir, catalog: Catalog, force: bool) -> t
     if failed:
         log.warning("localize: %d images could not be decoded; they get whole-image boxes", failed)
     return found.drop(columns=["path"]), result.history
+
+
+def shared_trunks(cfg: Config, run: RunDir, catalog: Catalog, spec: LocalizerSpec) -> LocalizerSpec:
+    """``spec`` reading the original-image classifier's frozen-trunk outputs (``ghns.trunks``,
+    made here for every split) where the localizer's frozen blocks start with the classifier's
+    (a pretrained backbone at the classifiers' input size: the usual case on real images), so the
+    whole images go through those blocks once per run, not once per stage; else ``spec``."""
+    from dataclasses import replace
+
+    from ghns.localize.train import build_localizer
+    from ghns.models.classifiers import weights_digest
+    from ghns.stage3.stage import with_trunks
+    from ghns.train.specs import ImageClassifierSpec
+
+    stage3 = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes), crop="whole", seed=cfg.seed,
+                                             output=run.train_final / "original.pt")
+    first = stage3.model.frozen_blocks
+    if (stage3.init_from or not 0 < first <= spec.model.frozen_blocks
+            or stage3.model.backbone != spec.model.backbone
+            or stage3.model.image_size != spec.model.image_size):
+        return spec
+    from ghns.stage3.train import start_model
+
+    start = start_model(stage3)
+    if weights_digest(build_localizer(spec.model.to_dict()).backbone.blocks[:first]) != start.trunk_digest():
+        return spec
+    stage3 = with_trunks(cfg, run, catalog, stage3, start)
+    return replace(spec, trunks=stage3.trunks, trunk_blocks=first)
 
 
 def _choose_boxes(cfg: Config, out: pd.DataFrame, true_objects, true_parts) -> None:

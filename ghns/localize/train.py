@@ -48,6 +48,35 @@ def _trunk_outputs(model: PartLocalizer, images: torch.Tensor, device: torch.dev
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def _from_stored(spec: LocalizerSpec, ctx: WorkerContext, model: PartLocalizer, catalog: Catalog,
+                 split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's share of ``rows``' trunk outputs (float16), from the run's outputs of the
+    first ``spec.trunk_blocks`` blocks, which must hold our own weights."""
+    from ghns.models.classifiers import weights_digest
+    from ghns.trunks import read_trunks
+
+    rows = catalog.split(split)
+    first = model.backbone.blocks[: spec.trunk_blocks]
+    assert spec.trunks is not None
+    data = read_trunks(spec.trunks, split, rows["image_id"].to_numpy(), weights_digest(first))
+    share = ctx.shard(len(rows))
+    return (frozen_rest(model, data["x"][share], spec.trunk_blocks, ctx.device),
+            torch.tensor(rows["label"].to_numpy())[share])
+
+
+@torch.no_grad()
+def frozen_rest(model: PartLocalizer, x: torch.Tensor, start: int, device: torch.device,
+                batch: int = 64) -> torch.Tensor:
+    """Outputs of blocks ``start`` to ``frozen_blocks`` (float16) for outputs of the first
+    ``start`` (float16): the trunk the localizer caches, from a shared shallower one."""
+    model.eval()
+    layout = cpu_layout(model, device)
+    rest = model.backbone.blocks[start: model.frozen_blocks]
+    outs = [rest(x[i:i + batch].to(device).float().contiguous(memory_format=layout)).half().cpu()
+            for i in range(0, len(x), batch)]
+    return torch.cat(outs) if outs else x
+
+
 def localizer_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: trains on this worker's shard of the train split."""
     spec, ctx = LocalizerSpec.of(config), WorkerContext(config)
@@ -60,12 +89,16 @@ def localizer_loop(config: dict[str, Any]) -> None:
         rows = rows.iloc[ctx.shard(len(rows))]
         return load_images(rows, size), torch.tensor(rows["label"].to_numpy())
 
-    train_x, train_y = load("train")
-    val_x, val_y = load("val")
     model = build_localizer(spec.model.to_dict())
     layout = cpu_layout(model, ctx.device)
     cached = model.frozen_blocks > 0
-    if cached:  # run the frozen trunk once; training sees only its (cached) output
+    if spec.trunks:  # the run's frozen-trunk outputs (ghns.trunks) through the rest of our frozen blocks
+        model.to(ctx.device)
+        (train_x, train_y), (val_x, val_y) = (_from_stored(spec, ctx, model, catalog, s)
+                                              for s in ("train", "val"))
+    else:
+        (train_x, train_y), (val_x, val_y) = load("train"), load("val")
+    if cached and not spec.trunks:  # run the frozen trunk once; training sees only its (cached) output
         model.to(ctx.device)
         train_x = _trunk_outputs(model, train_x, ctx.device)
         val_x = _trunk_outputs(model, val_x, ctx.device)

@@ -30,7 +30,7 @@ def load_probe_head(model: "ImageClassifier | PartsClassifier", probe) -> None:
     model.classify.bias.copy_(probe.bias)
 
 
-def _digest(blocks: nn.Module) -> str:
+def weights_digest(blocks: nn.Module) -> str:
     """A digest of a module's weights and buffers (names and bytes)."""
     h = hashlib.sha1()
     for key, value in blocks.state_dict().items():
@@ -67,12 +67,12 @@ class ImageClassifier(nn.Module):
     def trunk_digest(self) -> str:
         """A digest of the frozen blocks' weights and buffers: classifiers with equal digests
         (and equal inputs) can share one pass through them."""
-        return _digest(self.backbone.blocks[: self.frozen_blocks])
+        return weights_digest(self.backbone.blocks[: self.frozen_blocks])
 
     def tail_digest(self) -> str:
         """The same of the blocks after the frozen ones: classifiers whose trunk and tail digests
         are both equal (a fine-tuning that kept its probe start) have equal pooled features."""
-        return _digest(self.backbone.blocks[self.frozen_blocks:])
+        return weights_digest(self.backbone.blocks[self.frozen_blocks:])
 
     def pooled(self, x: torch.Tensor, cached: bool = False) -> torch.Tensor:
         """Globally pooled features of images (or, with ``cached``, of trunk outputs)."""

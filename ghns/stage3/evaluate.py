@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ghns.data.catalog import Catalog
-from ghns.data.tensors import load_resized, to_float
-from ghns.errors import StageError
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.stages import stage_runner
@@ -27,56 +24,39 @@ log = logging.getLogger(__name__)
 IMAGE_MODELS = ("original", "object")
 
 
-class ScoreActor:
-    """Ray Data actor: the image classifiers loaded once; softmax scores per image out, from the
-    pooled features averaged over the image and its mirror image (as they trained and as their
-    probe saw them).
+@torch.no_grad()
+def image_scores(cfg: Config, run: RunDir, catalog: Catalog, models: dict[str, str],
+                 splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {name: (N, C) softmax scores}}`` of the image classifiers in ``models`` (name ->
+    file), each from the pooled features averaged over the image and its mirror image (as they
+    trained and as their probe saw them), in catalog order.
 
-    Classifiers whose frozen blocks hold the same weights (the original classifier and its
-    seed-ensemble copies) and read the same input share one pass through those blocks: each image
-    is decoded once per crop and the frozen trunk runs once per group and orientation, not once
-    per classifier. Those whose later blocks are equal too (each kept its probe start: LP-FT's
-    fine-tuning never beat it) share the pooled features, and only their heads differ."""
+    The frozen blocks' outputs come from the run's trunk outputs (``ghns.trunks``: made by
+    train-final, or here where missing), so only the blocks after them and the heads run.
+    Classifiers whose later blocks are equal too (the seed-ensemble copies that kept their probe
+    start) share the pooled features, and only their heads differ."""
+    from ghns.models.backbones import cpu_layout
+    from ghns.stage3.train import load_image_classifier
+    from ghns.trunks import ensure_trunks, read_trunks
 
-    def __init__(self, models: dict[str, str], device: str = "cpu", threads: int = 1) -> None:
-        from ghns.models.backbones import cpu_layout
-        from ghns.stage3.train import load_image_classifier
-
-        if device == "cpu":
-            torch.set_num_threads(threads)
-        self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
-        self.groups: dict[tuple, list[tuple[str, Any]]] = {}
-        self.tails: dict[str, str] = {}  # each classifier's tail_digest
-        self.layout = torch.contiguous_format
-        for name, path in models.items():
-            model, settings = load_image_classifier(path)
-            self.layout = cpu_layout(model, self.device)
-            key = (settings["crop"], settings["image_size"], model.frozen_blocks, model.trunk_digest())
-            self.groups.setdefault(key, []).append((name, model.to(self.device).eval()))
-            self.tails[name] = model.tail_digest()
-
-    @torch.no_grad()
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        out = batch[["_order", "image_id"]].copy()
-        out["_failed"] = ""
-        for (crop, size, _, _), members in self.groups.items():
-            boxes = None
-            if crop == "object":
-                boxes = [tuple(r) for r in batch[[f"obj_{c}" for c in "xywh"]].to_numpy(dtype=float)]
-            loaded = load_resized(batch["path"].tolist(), size, boxes)
-            for i in loaded.failed:  # never score a blank in its place: the driver stops on it
-                out.iloc[i, out.columns.get_loc("_failed")] = batch["path"].iloc[i]
-            images = to_float(loaded.images).to(self.device)
-            images = images.contiguous(memory_format=self.layout)
-            trunk, flipped = members[0][1].trunk(images), members[0][1].trunk(images.flip(-1))
-            pooled: dict[str, torch.Tensor] = {}
-            for name, model in members:
-                tail = self.tails[name]
-                if tail not in pooled:
-                    pooled[tail] = model.flip_averaged_pooled(trunk, flipped, cached=True)
-                logits = model.head(pooled[tail])[1]
-                out[name] = list(logits.float().softmax(1).cpu().numpy())
-        return out
+    out: dict[str, dict[str, np.ndarray]] = {split: {} for split in splits}
+    pooled: dict[tuple[str, str, str], torch.Tensor] = {}
+    device = torch.device("cpu")
+    for name, path in models.items():
+        model, settings = load_image_classifier(path)
+        folder = ensure_trunks(cfg, run, catalog, model, settings, settings["crop"], splits)
+        model.to(device).eval()
+        layout = cpu_layout(model, device)
+        for split in splits:
+            key = (str(folder), split, model.tail_digest())
+            if key not in pooled:
+                data = read_trunks(folder, split, catalog.split(split)["image_id"].to_numpy(), model.trunk_digest())
+                pooled[key] = torch.cat([model.flip_averaged_pooled(
+                    data["x"][i:i + 128].float().contiguous(memory_format=layout),
+                    data["xf"][i:i + 128].float().contiguous(memory_format=layout), cached=True)
+                    for i in range(0, len(data["x"]), 128)]) if len(data["x"]) else torch.zeros(0, model.mean.numel())
+            out[split][name] = model.head(pooled[key])[1].float().softmax(1).numpy()
+    return out
 
 
 def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
@@ -85,16 +65,6 @@ def parts_scores(path: Path, embeddings: np.ndarray) -> np.ndarray:
     model = load_parts_classifier(path)
     with torch.no_grad():
         return model(torch.from_numpy(embeddings.reshape(len(embeddings), -1)))[1].softmax(1).numpy()
-
-
-def _why(path: str) -> str:
-    from ghns.data.images import BadImage, load_rgb
-
-    try:
-        load_rgb(path)
-    except BadImage as exc:
-        return str(exc)
-    return f"{path} (unreadable while scoring)"
 
 
 def scores_stamp(run: RunDir, names: list[str]) -> dict[str, Any]:
@@ -119,7 +89,6 @@ def cached_scores(run: RunDir, stamp: dict[str, Any]) -> dict[str, dict[str, np.
 def compute_scores(cfg: Config, run: RunDir, catalog: Catalog, force: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """``{split: {"image_id", "label", <model>: (N, C) scores}}`` for val and test, cached in
     ``scores/`` with the stamp of what made them (``scores_stamp``); ``force`` recomputes them."""
-    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage1.table import read_embeddings
     from ghns.stage3.stage import model_names
 
@@ -130,27 +99,15 @@ def compute_scores(cfg: Config, run: RunDir, catalog: Catalog, force: bool = Fal
         return cached
     (run.scores / "stamp.json").unlink(missing_ok=True)
     image_models = {n: str((run.train_final / f"{n}.pt").resolve()) for n in names if not n.startswith("parts")}
-    loc = pd.read_parquet(run.localization)
-    rows = catalog.table[catalog.table["split"].isin(["val", "test"])][["image_id", "path", "split", "label"]]
-    rows = rows.merge(loc[["image_id"] + [f"obj_{c}" for c in "xywh"]], on="image_id", how="left")
-    scored = map_batches_pandas(rows, ScoreActor, {"models": image_models, "device": resolve_device(cfg),
-                                                   "threads": torch_threads_for(cfg.actors)},
-                                cfg, actors=cfg.actors, batch_size=cfg.batch_size)
-    failed = sorted(set(p for p in scored["_failed"] if p))
-    if failed:
-        raise StageError(f"{len(failed)} image(s) changed or vanished since the catalog was made, "
-                         f"e.g. {_why(failed[0])}; restore them or rebuild the run "
-                         f"('ghns pipeline --force' in a new --run-dir)")
+    scored = image_scores(cfg, run, catalog, image_models)
     meta, emb = read_embeddings(run.embeddings)
     index = {int(i): k for k, i in enumerate(meta["image_id"])}
     out = {}
     run.scores.mkdir(parents=True, exist_ok=True)
     for split in ("val", "test"):
-        mask = (rows["split"] == split).to_numpy()
-        ids = rows["image_id"].to_numpy()[mask]
-        data = {"image_id": ids, "label": rows["label"].to_numpy()[mask]}
-        for n in image_models:
-            data[n] = np.stack(scored[n].to_numpy()[mask])
+        rows = catalog.split(split)
+        ids = rows["image_id"].to_numpy()
+        data = {"image_id": ids, "label": rows["label"].to_numpy(), **scored[split]}
         part_emb = emb[[index[int(i)] for i in ids]]
         for n in names:
             if n.startswith("parts"):

@@ -44,45 +44,78 @@ def run_stage3(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> dic
     """Stage 3 (``ghns train-final``); returns the figures of train-final.json."""
     if force:
         shutil.rmtree(run.train_final, ignore_errors=True)
-        for name in model_names(cfg):
-            shutil.rmtree(run.path / "ray" / f"train-final_{name}", ignore_errors=True)
+        for name in ["", *(f"_{n}" for n in model_names(cfg))]:
+            shutil.rmtree(run.path / "ray" / f"train-final{name}", ignore_errors=True)
     catalog = Catalog.read(run.catalog)
     figures: dict[str, Any] = {"models": {}}
     with run.stage("train-final", fp, force) as record:
+        train_models(cfg, run, catalog, model_names(cfg))
         for name in model_names(cfg):
-            figures["models"][name] = train_model(cfg, run, catalog, name)
-        shutil.rmtree(run.train_final / "cache", ignore_errors=True)  # frozen-trunk outputs, shared while training
+            figures["models"][name] = model_figures(run, name)
         record["figures"] = {k: v.get("val_accuracy") for k, v in figures["models"].items()}
         atomic_write_text(run.train_final_json, json.dumps(figures, indent=2))
     return figures
 
 
-def train_model(cfg: Config, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
-    from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
-    from ghns.train.runner import fit
+def with_trunks(cfg: Config, run: RunDir, catalog: Catalog, spec: ImageClassifierSpec,
+                model=None) -> ImageClassifierSpec:
+    """``spec`` reading the run's frozen-trunk outputs of its crop (``ghns.trunks``: made here
+    for every split where missing, so evaluate and the seed-ensemble copies read them too)."""
+    from dataclasses import replace
 
-    out = run.train_final / f"{name}.pt"
-    history_file = run.train_final / f"{name}.history.json"
-    if out.is_file() and history_file.is_file():
-        log.info("train-final: %s done already", name)
-    else:
-        spec: ImageClassifierSpec | PartsClassifierSpec
-        if name.startswith("parts"):
-            spec = PartsClassifierSpec.from_config(cfg, run, len(catalog.classes),
-                                                   use_negatives=name == "parts", output=out)
-            fit(parts_classifier_loop, spec, cfg, name=f"train-final_{name}", history_file=history_file,
-                epochs=spec.parts.parts_epochs)
-        else:
-            seed = cfg.seed + ensemble_member(name)
-            spec = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes),
-                                                   crop="object" if name == "object" else "whole",
-                                                   seed=seed, output=out)
-            fit(image_classifier_loop, spec, cfg, name=f"train-final_{name}", history_file=history_file,
-                epochs=spec.optim.epochs)
+    from ghns.stage3.train import start_model
+    from ghns.trunks import ensure_trunks
+
+    if spec.model.frozen_blocks == 0:  # every block trains: no frozen outputs to share
+        return spec
+    model = model if model is not None else start_model(spec)  # (the start, if the caller built it)
+    folder = ensure_trunks(cfg, run, catalog, model, spec.model.to_dict(), spec.crop)
+    return replace(spec, trunks=str(folder.resolve()))
+
+
+def train_models(cfg: Config, run: RunDir, catalog: Catalog, names: list[str]) -> None:
+    """Train the stage-3 models ``names`` that are not done yet (their file and history exist),
+    one after another in one training run (``fit_all``: one Ray Train start-up for all)."""
+    from ghns.train.runner import FitJob, fit_all
+
+    jobs = []
+    for name in names:
+        out, history_file = run.train_final / f"{name}.pt", run.train_final / f"{name}.history.json"
+        if out.is_file() and history_file.is_file():
+            log.info("train-final: %s done already", name)
+            continue
+        out.unlink(missing_ok=True)  # a model without its history is redone
+        loop, spec, epochs = _loop_and_spec(cfg, run, catalog, name, out)
+        jobs.append(FitJob(loop, spec, f"train-final_{name}", history_file, out, epochs))
+    if jobs:
+        fit_all(jobs, cfg, name="train-final")
+
+
+def _loop_and_spec(cfg: Config, run: RunDir, catalog: Catalog, name: str, out):
+    from ghns.stage3.train import image_classifier_loop, parts_classifier_loop
+
+    if name.startswith("parts"):
+        spec = PartsClassifierSpec.from_config(cfg, run, len(catalog.classes),
+                                               use_negatives=name == "parts", output=out)
+        return parts_classifier_loop, spec, spec.parts.parts_epochs
+    image = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes),
+                                            crop="object" if name == "object" else "whole",
+                                            seed=cfg.seed + ensemble_member(name), output=out)
+    return image_classifier_loop, with_trunks(cfg, run, catalog, image), image.optim.epochs
+
+
+def train_model(cfg: Config, run: RunDir, catalog: Catalog, name: str) -> dict[str, Any]:
+    """One stage-3 model (trained unless done) and its figures."""
+    train_models(cfg, run, catalog, [name])
+    return model_figures(run, name)
+
+
+def model_figures(run: RunDir, name: str) -> dict[str, Any]:
+    """A trained stage-3 model's figures for ``train-final.json``."""
     from ghns.checkpoint import load_checkpoint
 
-    history = json.loads(history_file.read_text())
-    saved = load_checkpoint(out)["settings"]  # what KeepBest kept (epoch -1: the probe, LP-FT)
+    history = json.loads((run.train_final / f"{name}.history.json").read_text())
+    saved = load_checkpoint(run.train_final / f"{name}.pt")["settings"]  # what KeepBest kept (epoch -1: the probe)
     acc = saved.get("val_accuracy", float("nan"))
     return {"val_accuracy": round(acc, 2) if acc == acc and abs(acc) != float("inf") else None,
             "epoch_kept": saved.get("epoch_kept"), "epochs": len(history),

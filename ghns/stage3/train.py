@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +29,6 @@ from ghns.losses import triplet_loss
 from ghns.models.backbones import cpu_layout, create_backbone
 from ghns.models.classifiers import ImageClassifier
 from ghns.sampling import pk_batches
-from ghns.rundir import atomic_path
 from ghns.train.epochs import Evaluation, KeepBest, Training, run_epochs
 from ghns.train.runner import WorkerContext
 from ghns.train.specs import ImageClassifierSpec, ModelSpec, PartsClassifierSpec
@@ -92,7 +90,7 @@ class _Split:
     where: tuple[slice, int]
 
 
-def _start_model(spec: ImageClassifierSpec) -> ImageClassifier:
+def start_model(spec: ImageClassifierSpec) -> ImageClassifier:
     """The classifier before LP-FT: its backbone's own weights, or ``init_from``'s backbone."""
     model = build_image_classifier(spec.model.to_dict())
     if spec.init_from:
@@ -103,19 +101,34 @@ def _start_model(spec: ImageClassifierSpec) -> ImageClassifier:
 
 
 def _views(spec: ImageClassifierSpec, ctx: WorkerContext, model: ImageClassifier) -> tuple[_Split, _Split]:
-    """Train and val shares, each image with its mirror image: trunk outputs of both when the
-    trunk is frozen (an exact flip augmentation and flip-averaged features, at one extra trunk
-    pass), else the images."""
+    """Train and val shares, each image with its mirror image: with a frozen trunk its outputs
+    of both (an exact flip augmentation and flip-averaged features), read from the run's trunk
+    outputs (``ghns.trunks``) where the stage made them, else computed here; without one the
+    images."""
+    if model.frozen_blocks > 0 and spec.trunks:
+        return _stored_split(spec, ctx, model, "train"), _stored_split(spec, ctx, model, "val")
     train_x, train_y, train_where = split_images(spec, "train", ctx)
     val_x, val_y, val_where = split_images(spec, "val", ctx)
     if model.frozen_blocks > 0:
-        train_f = _trunk_outputs(model, train_x.flip(-1), ctx, spec.trunk_cache)
-        val_f = _trunk_outputs(model, val_x.flip(-1), ctx, spec.trunk_cache)
-        train_x = _trunk_outputs(model, train_x, ctx, spec.trunk_cache)
-        val_x = _trunk_outputs(model, val_x, ctx, spec.trunk_cache)
+        train_f, val_f = _trunk_outputs(model, train_x.flip(-1), ctx), _trunk_outputs(model, val_x.flip(-1), ctx)
+        train_x, val_x = _trunk_outputs(model, train_x, ctx), _trunk_outputs(model, val_x, ctx)
     else:
         train_f, val_f = train_x.flip(-1), val_x.flip(-1)
     return _Split(train_x, train_f, train_y, train_where), _Split(val_x, val_f, val_y, val_where)
+
+
+def _stored_split(spec: ImageClassifierSpec, ctx: WorkerContext, model: ImageClassifier, split: str) -> _Split:
+    """This worker's share of ``split`` from the run's frozen-trunk outputs."""
+    from ghns.trunks import read_trunks
+
+    assert spec.trunks is not None
+    rows = Catalog.read(spec.catalog).split(split)
+    data = read_trunks(spec.trunks, split, rows["image_id"].to_numpy(), model.trunk_digest())
+    share = ctx.shard(len(rows))
+    model.to(ctx.device).eval()
+    cpu_layout(model, ctx.device)  # the trainable blocks in the layout they run in
+    return _Split(data["x"][share], data["xf"][share], torch.tensor(rows["label"].to_numpy())[share],
+                  (share, len(rows)))
 
 
 def image_classifier_loop(config: dict[str, Any]) -> None:
@@ -123,7 +136,7 @@ def image_classifier_loop(config: dict[str, Any]) -> None:
     whole train split (L2 chosen on val) is the start and competes with every epoch on val."""
     spec, ctx = ImageClassifierSpec.of(config), WorkerContext(config)
     torch.manual_seed(spec.seed + ctx.rank)
-    model = _start_model(spec)
+    model = start_model(spec)
     cached = model.frozen_blocks > 0
     train, val = _views(spec, ctx, model)
     model.to(ctx.device)
@@ -211,38 +224,16 @@ def _image_epoch(spec: ImageClassifierSpec, ctx: WorkerContext, net, model: Imag
     return dict(zip(("loss", "cls", "triplet"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
 
 
-def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext,
-                   cache: str | None = None) -> torch.Tensor:
-    """The frozen blocks' outputs (half precision) for ``images``, computed once. With a
-    ``cache`` folder they are kept on disk under a key of the frozen weights and the
-    pixels themselves, so classifiers that start from the same frozen weights and read the same
-    images (the original classifier and its seed-ensemble copies) share one pass, and a changed
-    crop, size or shard can never read another's entry. The model takes the CPU layout here
-    whether or not the cache holds the entry: a classifier whose outputs came from the cache must
-    compute exactly as one that made them (its trainable blocks ran in the other layout before,
-    and the same probe came out a few float bits apart)."""
+def _trunk_outputs(model: ImageClassifier, images: torch.Tensor, ctx: WorkerContext) -> torch.Tensor:
+    """The frozen blocks' outputs (half precision) for ``images``, in batches, in the CPU layout
+    (the model keeps it: its trainable blocks run in it too)."""
     model.to(ctx.device).eval()
     layout = cpu_layout(model, ctx.device)
     if not len(images):
         return images
-    path = None
-    if cache:
-        key = hashlib.sha1(model.trunk_digest().encode())
-        key.update(str(tuple(images.shape)).encode())
-        key.update(images.contiguous().numpy().tobytes())
-        path = Path(cache) / f"{key.hexdigest()[:20]}.pt"
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu")
-            except Exception:  # a torn file from an interrupted writer: recompute it
-                pass
     with torch.no_grad():
-        out = torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device).contiguous(memory_format=layout))
-                         .contiguous().half().cpu() for i in range(0, len(images), 64)])
-    if path is not None:
-        with atomic_path(path) as tmp:
-            torch.save(out, tmp)
-    return out
+        return torch.cat([model.trunk(to_float(images[i:i + 64]).to(ctx.device).contiguous(memory_format=layout))
+                          .contiguous().half().cpu() for i in range(0, len(images), 64)])
 
 
 # -- parts classifier ------------------------------------------------------------------------

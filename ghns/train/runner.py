@@ -56,6 +56,29 @@ def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, 
     ``epochs``, and for tests ``report_seconds`` or fault injection); return the last metrics
     and the history. Either way the run's state lives in ``<run_dir>/ray/<name>``, and calling
     ``fit`` again after an interruption resumes from its last checkpoint."""
+    (result,) = fit_all([FitJob(loop, spec, name, history_file)], cfg, name, **worker)
+    return result
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One training run of ``fit_all``: its loop, settings, name (of its progress lines and its
+    local checkpoint folder), history file and the file it writes when it is done (a job whose
+    ``output`` exists is not run again)."""
+
+    loop: Callable[[dict], None]
+    spec: Spec | dict[str, Any]
+    name: str
+    history_file: Path | None = None
+    output: Path | None = None
+    epochs: int | None = None
+
+
+def fit_all(jobs: list[FitJob], cfg: Config, name: str, **worker: Any) -> list[FitResult]:
+    """``fit`` of several loops one after another in one run: under Ray Train one worker group
+    (one start-up, about 12 s here) trains them all, in ``<run_dir>/ray/<name>``. A restarted or
+    resumed run skips the jobs whose ``output`` exists and resumes the one it was in from its
+    checkpoint (checkpoints carry their job's name; another job's starts it afresh)."""
     from ghns.raykit import resolve_device, torch_threads_for
 
     local = trains_locally(cfg)
@@ -68,21 +91,48 @@ def fit(loop: Callable[[dict], None], spec: Spec | dict[str, Any], cfg: Config, 
     device = resolve_device(cfg)
     error_file = storage / name / USER_ERROR_FILE
     error_file.unlink(missing_ok=True)
-    history = Path(history_file).resolve() if history_file else storage / name / "history.json"
-    settings = WorkerSpec(**{"device": device, "error_file": str(error_file), "run_name": name,
-                             "amp": getattr(cfg, "amp", True),
-                             "progress": not getattr(cfg, "quiet", False),
-                             "torch_threads": torch_threads_for(cfg.workers),
-                             "history_file": str(history),
-                             "checkpoint_file": str(storage / name / CHECKPOINT_FILE) if local else None,
-                             **worker})
-    loop_config = to_loop_config(spec, settings)
+    histories: list[Path] = []
+    configs: list[dict[str, Any]] = []
+    for job in jobs:
+        history = Path(job.history_file).resolve() if job.history_file else storage / job.name / "history.json"
+        settings = WorkerSpec(**{"device": device, "error_file": str(error_file), "run_name": job.name,
+                                 "amp": getattr(cfg, "amp", True),
+                                 "progress": not getattr(cfg, "quiet", False),
+                                 "torch_threads": torch_threads_for(cfg.workers),
+                                 "history_file": str(history),
+                                 "checkpoint_file": str(storage / job.name / CHECKPOINT_FILE) if local else None,
+                                 **({"epochs": job.epochs} if job.epochs is not None else {}), **worker})
+        histories.append(history)
+        configs.append({"loop": f"{job.loop.__module__}:{job.loop.__qualname__}", "config": to_loop_config(job.spec, settings),
+                        "output": str(job.output) if job.output else None})
+    if len(jobs) == 1 and jobs[0].output is None:
+        loop, loop_config = jobs[0].loop, configs[0]["config"]
+    else:
+        loop = sequence_loop
+        loop_config = {"jobs": configs, **to_loop_config({}, WorkerSpec(error_file=str(error_file)))}
     if local:
         _fit_here(loop, loop_config, cfg.max_failures, name)
     else:
         _fit_ray_train(loop, loop_config, cfg, device, storage, name, error_file)
-    found = json.loads(history.read_text()) if history.is_file() else []
-    return FitResult(dict(found[-1]) if found else {}, found)
+    results = []
+    for history in histories:
+        found = json.loads(history.read_text()) if history.is_file() else []
+        results.append(FitResult(dict(found[-1]) if found else {}, found))
+    return results
+
+
+def sequence_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of ``fit_all``: each job whose output does not exist yet (as this
+    attempt starts: every worker sees the same files), in order, with its own settings."""
+    import importlib
+
+    pending = [job for job in config["jobs"] if not (job["output"] and Path(job["output"]).is_file())]
+    for job in pending:
+        module, qualname = job["loop"].split(":")
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+        found(job["config"])
 
 
 def trains_locally(cfg: Config) -> bool:
@@ -367,6 +417,8 @@ class WorkerContext:
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
                     state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        if state is not None and state.get("run", self.run_name) != self.run_name:
+            state = None  # another job's of the same run (``fit_all``): this one starts afresh
         if self.is_main and self.history_file:
             starts = Path(str(self.history_file) + ".starts")
             starts.parent.mkdir(parents=True, exist_ok=True)
@@ -442,7 +494,7 @@ class WorkerContext:
         self._last_report = time.monotonic()
         if state is not None and self.is_main:
             with tempfile.TemporaryDirectory() as d:
-                torch.save(state, Path(d) / CHECKPOINT_FILE)
+                torch.save({**state, "run": self.run_name}, Path(d) / CHECKPOINT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)

@@ -168,6 +168,8 @@ class LocalizerSpec(TrainingSpec):
     part_separation: float
     part_area: float
     part_min_area: float
+    trunks: str | None = None  # the stage-3 classifiers' frozen-trunk outputs of whole images, when shared
+    trunk_blocks: int = 0  # how many leading blocks those outputs have been through
 
     @classmethod
     def from_config(cls, cfg: Config, run, num_classes: int) -> "LocalizerSpec":
@@ -229,7 +231,7 @@ class ImageClassifierSpec(TrainingSpec):
     replace_start_p: float = 1.0
     patience: int = 0
     init_from: str | None = None  # a checkpoint whose backbone to start from (the localizer's)
-    trunk_cache: str | None = None  # where frozen-trunk outputs are shared between classifiers
+    trunks: str | None = None  # the run's frozen-trunk outputs for this crop (ghns.trunks), if made
 
     @classmethod
     def from_config(cls, cfg: Config, run, num_classes: int, crop: str, seed: int,
@@ -257,7 +259,7 @@ class ImageClassifierSpec(TrainingSpec):
             crop=crop, seed=seed, lambda_image=cfg.lambda_image, triplet_margin=cfg.triplet_margin,
             triplet_mining=cfg.triplet_mining, batch_classes=cfg.batch_classes,
             batch_images=cfg.batch_images, replace_start_p=cfg.replace_start_p,
-            patience=cfg.patience, init_from=init_from, trunk_cache=_path(run.train_final / "cache"))
+            patience=cfg.patience, init_from=init_from)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
     cfg = Config.from_yaml(run / "config.yaml", saved_run=True).replace(
         run_dir=str(run), stage3_epochs=8, seed_ensemble=1, max_failures=1, trainer="ray",
         patience=0)  # all 8 epochs run: the kill strikes after the third, resumption goes on
-    original = runner.fit
+    original = runner.fit_all
 
-    def fit_every_epoch(loop, spec, cfg, name, **worker):  # a checkpoint at every epoch
-        return original(loop, spec, cfg, name, **worker, report_seconds=0)
+    def fit_every_epoch(jobs, cfg, name, **worker):  # a checkpoint at every epoch
+        return original(jobs, cfg, name, **worker, report_seconds=0)
 
-    monkeypatch.setattr(runner, "fit", fit_every_epoch)
+    monkeypatch.setattr(runner, "fit_all", fit_every_epoch)
     history = run / "train-final" / "original.history.json"
     killed: list[int] = []
     stop = threading.Event()
@@ -64,3 +64,9 @@ def test_a_killed_stage3_worker_resumes_from_its_checkpoint(tiny_run, tmp_path, 
     epochs = [h["epoch"] for h in json.loads(history.read_text())]
     assert epochs == list(range(8))
     assert (run / "train-final" / "original.pt").is_file() and json.loads((run / "stages.json").read_text())["train-final"]
+    # one Ray Train run trained every stage-3 model (one worker group, restarted once), and the
+    # models after the killed one started once, from scratch
+    assert sorted(p.name for p in (run / "ray").iterdir() if p.name.startswith("train-final")) == ["train-final"]
+    for name in ("object", "parts"):
+        later = Path(run / "train-final" / f"{name}.history.json.starts").read_text().splitlines()
+        assert [json.loads(line)["start_epoch"] for line in later] == [0], name

@@ -25,7 +25,7 @@ def _spec(run, tmp_path, frozen: int) -> ImageClassifierSpec:
         catalog=str(run / "catalog.parquet"), localization=str(run / "localization.parquet"),
         output=str(tmp_path / "m.pt"), crop="whole", seed=0, lambda_image=0.8, triplet_margin=0.2,
         triplet_mining="hard", batch_classes=2, batch_images=2,
-        init_from=str(run / "localize" / "model.pt"), trunk_cache=None)
+        init_from=str(run / "localize" / "model.pt"))
 
 
 @pytest.mark.slow
