@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 FORMAT = 1
-# a fill of at most this many pixels (256 images at 224 px; the synthetic default's 1,200 at 80 px)
-# runs in this process: Ray Data's actor pool takes about 10 s to start here, more than such a pass
+# a fill of at most this many pixels (256 images at 224 px: the tiny test runs' 48 at 48 px, not
+# the synthetic default's 2,400 at 80 px) runs in this process: Ray Data's actor pool takes
+# seconds to start, more than such a pass
 IN_PROCESS_PIXELS = 256 * 224 * 224
 BOX = [f"obj_{c}" for c in "xywh"]
 

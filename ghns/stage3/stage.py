@@ -1,6 +1,8 @@
-"""The train-final stage: every stage-3 model through Ray Train, each skipped when its file
-exists (an interrupted stage resumes model by model, and a model's run resumes from its last
-checkpoint).
+"""The train-final stage: every stage-3 model, one after another in one training run
+(``fit_all``: one Ray Train worker group, or this process), each skipped when its file exists (an
+interrupted stage resumes model by model, and the model it was in resumes from its last
+checkpoint). The image classifiers read the run's frozen-trunk outputs (``ghns.trunks``), made
+here before training where the localizer has not made them.
 
 Models (``<run_dir>/train-final/``): ``original.pt``, ``object.pt``, ``parts.pt`` (with generated hard
 negatives), ``parts_noneg.pt`` (the same without the n+ term, for ``fused_without_negatives``) and

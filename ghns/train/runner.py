@@ -8,6 +8,8 @@ that dies is restarted from the last reported checkpoint (``FailureConfig``), an
 are trained twice. For one CPU worker on a local Ray (``trains_locally``) ``fit`` calls the
 loop here instead, with the same settings; its checkpoint is ``<run_dir>/ray/<name>/state.pt``,
 written as often as Ray Train's would be, and restarts and resumption follow the same rules.
+``fit_all`` runs several loops one after another in one such run (stage 3's classifiers: one
+start-up), each with its own history and checkpoints.
 
 Loops use ``WorkerContext`` for what differs between the worlds: rank, world size, device,
 checkpoint save/restore and metric reporting.
@@ -101,6 +103,7 @@ def fit_all(jobs: list[FitJob], cfg: Config, name: str, **worker: Any) -> list[F
                                  "torch_threads": torch_threads_for(cfg.workers),
                                  "history_file": str(history),
                                  "checkpoint_file": str(storage / job.name / CHECKPOINT_FILE) if local else None,
+                                 "ray_storage": str(storage / name),
                                  **({"epochs": job.epochs} if job.epochs is not None else {}), **worker})
         histories.append(history)
         configs.append({"loop": f"{job.loop.__module__}:{job.loop.__qualname__}", "config": to_loop_config(job.spec, settings),
@@ -408,7 +411,8 @@ class WorkerContext:
         state = None
         local = self.settings.checkpoint_file
         if not self.in_ray and local:
-            found = local if Path(local).is_file() else ray_train_checkpoint(Path(local).parent)
+            found = local if Path(local).is_file() else ray_train_checkpoint(
+                Path(self.settings.ray_storage or Path(local).parent))
             state = load_checkpoint(found) if found else None
         if self.in_ray:
             import ray.train

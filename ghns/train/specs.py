@@ -71,6 +71,7 @@ class WorkerSpec(Spec):
     fail_once_at_epoch: int | None = None  # fault injection (tests): the main worker dies once
     fail_marker: str | None = None
     checkpoint_file: str | None = None  # a local run's (not Ray Train's) last reported checkpoint
+    ray_storage: str | None = None  # the run's Ray Train folder: a local run resumes from its checkpoint
 
 
 def to_loop_config(spec: Spec | dict[str, Any], worker: WorkerSpec) -> dict[str, Any]:
