@@ -137,7 +137,7 @@ def _assemble(out: pd.DataFrame, pieces: Path) -> tuple[torch.Tensor, torch.Tens
     """The actors' pieces, in the order of ``out`` (the rows they were given)."""
     x = xf = None
     for name, group in out.groupby("_file", sort=False):
-        piece = torch.load(pieces / str(name), map_location="cpu")
+        piece = torch.load(pieces / str(name), map_location="cpu", weights_only=True)
         where = torch.from_numpy(group.index.to_numpy(dtype=np.int64, copy=True))
         rows = torch.from_numpy(group["_row"].to_numpy(dtype=np.int64, copy=True))
         if x is None:
@@ -162,7 +162,7 @@ def read_trunks(folder: str | Path, split: str, image_ids: np.ndarray | None = N
         if meta.get("digest") != digest:
             raise StageError(f"{folder} holds another model's frozen-trunk outputs; delete it and rerun")
     try:
-        data = torch.load(path, map_location="cpu")
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged file: the same advice whatever broke it
         raise StageError(f"{path} cannot be read ({type(exc).__name__}); delete {folder} and rerun") from None
     if image_ids is not None and not np.array_equal(data["image_id"].numpy(), np.asarray(image_ids, dtype=np.int64)):

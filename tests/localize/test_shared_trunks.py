@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_pretrained_localizer_reads_the_classifiers_trunk_outputs(tmp_path, cli, ray_session):
+    from ghns.checkpoint import load_checkpoint
     from ghns.config import Config
     from ghns.data.catalog import Catalog
     from ghns.localize.infer import LocalizeActor
@@ -35,7 +36,7 @@ def test_pretrained_localizer_reads_the_classifiers_trunk_outputs(tmp_path, cli,
         "train.pt", "val.pt", "test.pt"}
 
     catalog = Catalog.read(run.catalog)
-    settings = torch.load(run.path / "localize" / "model.pt", weights_only=False)["settings"]
+    settings = load_checkpoint(run.path / "localize" / "model.pt")["settings"]
     assert settings["frozen_blocks"] == 3  # pretrained: the localizer trains its heads only
     actor = LocalizeActor(str(run.path / "localize" / "model.pt"), 0.5, 0.5)
     from_images = actor(catalog.table[["image_id", "path", "label", "split"]].copy())
