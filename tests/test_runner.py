@@ -135,6 +135,8 @@ def test_bf16_autocast_only_where_the_hardware_computes_it(monkeypatch):
             with ctx.autocast():
                 out = net(x)
             assert out.dtype == (torch.bfloat16 if amp and native else torch.float32)
+            with ctx.autocast(cached=True):  # heads over stored frozen-trunk outputs: float32
+                assert net(x).dtype == torch.float32
 
 
 def _counting_loop(config: dict) -> None:

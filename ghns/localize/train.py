@@ -137,7 +137,7 @@ def _localizer_epoch(spec: LocalizerSpec, ctx: WorkerContext, net, model: PartLo
     batch = spec.batch_size
     batches = [b for b in (order[i:i + batch] for i in range(0, len(order), batch)) if len(b) >= 2]
     for idx in batches[:ctx.common_steps(len(batches))]:
-        with ctx.autocast():  # the network in bf16 where the hardware has it; the losses in float32
+        with ctx.autocast(cached):  # bf16 where the hardware has it (not on cached trunks); losses float32
             out = net(inputs(train_x[idx], True), cached=cached)
         y = train_y[idx].to(ctx.device)
         parts = out["assign"][:, :-1].float()

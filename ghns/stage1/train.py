@@ -114,7 +114,7 @@ def _parts_epoch(spec: PartNetworksSpec, ctx: WorkerContext, net, model: PartNet
                  train_x: torch.Tensor, train_y: torch.Tensor, inputs, gen: torch.Generator) -> dict[str, float]:
     """One epoch of Eq. 7 on P-K batches; the mean losses and discriminator accuracy over workers."""
     cached = spec.model.frozen_blocks > 0
-    autocast = ctx.autocast()
+    autocast = ctx.autocast(cached)
     net.train()
     if cached:
         for part in model.networks():
