@@ -247,7 +247,9 @@ class Config:
                        choices=("auto", "cpu", "cuda"))
     amp: bool = _opt(True, "Train in bf16 autocast where the hardware computes bf16 natively (a "
                            "CUDA GPU; a CPU with avx512_bf16 or AMX, where the synthetic default's "
-                           "epochs ran 1.15-1.3x faster); elsewhere, or with --no-amp, float32.",
+                           "epochs ran 1.15-1.3x faster); elsewhere, or with --no-amp, float32. "
+                           "Training on stored frozen-trunk outputs (a pretrained backbone's "
+                           "localizer and part networks) is always float32.",
                      before=False)
     workers: int = _opt(1, "Ray Train workers (one GPU each with --device cuda).", low=1)
     actors: int = _opt(1, "Ray Data actors for batch inference and candidate scoring.", low=1)
