@@ -135,7 +135,7 @@ def _parts_epoch(spec: PartNetworksSpec, ctx: WorkerContext, net, model: PartNet
         loss.backward()
         opt.step()
         disc_acc = ((disc.detach() > 0).float() == shuffled.to(ctx.device)).float().mean().item()
-        sums += torch.tensor([float(v.detach()) for v in (loss, l_cls, l_tri, l_adv)] + [disc_acc, 1.0])
+        sums += torch.tensor([float(torch.as_tensor(v).detach()) for v in (loss, l_cls, l_tri, l_adv)] + [disc_acc, 1.0])
     sums = ctx.all_reduce(sums)
     return dict(zip(("loss", "cls", "triplet", "adv", "adv_accuracy"), (sums[:5] / sums[5].clamp_min(1)).tolist()))
 
