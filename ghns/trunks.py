@@ -80,7 +80,6 @@ def ensure_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: ImageClassi
     Ray Data pass (``TrunkActor``) over the missing splits' images. ``settings`` are what
     ``model``'s checkpoint records (``ModelSpec``'s fields: the actors rebuild it from them)."""
     from ghns.checkpoint import save_checkpoint
-    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
     from ghns.stage3.train import IMAGE_FORMAT
 
     size = int(settings["image_size"])
@@ -98,55 +97,73 @@ def ensure_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: ImageClassi
              len(todo), crop, model.frozen_blocks, size, ", ".join(missing))
     actor: dict[str, Any] = {"model_path": str((folder / "model.pt").resolve()), "folder": str(pieces.resolve()),
                              "image_size": size, "crop": crop}
-    rows_in = todo.drop(columns=["label"])
-    if len(todo) * size * size <= IN_PROCESS_PIXELS:
-        here = TrunkActor(**actor, device="cpu", threads=torch.get_num_threads())
-        rows_in = rows_in.assign(_order=np.arange(len(rows_in)))
-        out = pd.concat([here(rows_in.iloc[i:i + cfg.batch_size]) for i in range(0, len(rows_in), cfg.batch_size)],
-                        ignore_index=True).drop(columns="_order")
-    else:
-        out = map_batches_pandas(rows_in, TrunkActor, {**actor, "device": resolve_device(cfg),
-                                                       "threads": torch_threads_for(cfg.actors)},
-                                 cfg, actors=cfg.actors, batch_size=cfg.batch_size)
-    failed = [p for p in out["_failed"] if p]
-    if failed:
-        shutil.rmtree(pieces, ignore_errors=True)
-        raise StageError(f"{len(failed)} catalogued image(s) changed or vanished since the catalog was "
-                         f"made, e.g. {why_unreadable(failed[0])}; restore them or rebuild the run "
-                         f"('ghns pipeline --force' in a new --run-dir)")
-    x, xf = _assemble(out, pieces)
+    out = run_fill(cfg, todo.drop(columns=["label"]), TrunkActor, actor, size * size)
+    stacked = assemble(out, pieces, ("x", "xf"))
     for split in missing:
-        mask = torch.from_numpy((todo["split"] == split).to_numpy())
-        data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask.numpy()]),
-                "x": x[mask].clone(), "xf": xf[mask].clone(),
-                "size": torch.from_numpy(out[["image_w", "image_h"]].to_numpy(dtype=np.int64)[mask.numpy()])}
+        mask = (todo["split"] == split).to_numpy()
+        data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
+                **{k: v[torch.from_numpy(mask)].clone() for k, v in stacked.items()},
+                "size": torch.from_numpy(out[["image_w", "image_h"]].to_numpy(dtype=np.int64)[mask])}
         with atomic_path(folder / f"{split}.pt") as tmp:
             torch.save(data, tmp)
-    atomic_write_text(folder / "meta.json", json.dumps(
-        {"format": FORMAT, "digest": model.trunk_digest(), "frozen_blocks": model.frozen_blocks,
-         "image_size": size, "crop": crop, "backbone": settings.get("backbone")}, indent=2))
-    shutil.rmtree(pieces, ignore_errors=True)
-    (folder / "model.pt").unlink(missing_ok=True)
-    for other in run.trunks.glob(f"{crop}-*"):  # the outputs this folder replaces
-        if other != folder:
-            shutil.rmtree(other, ignore_errors=True)
+    finish_fill(run, folder, {"format": FORMAT, "digest": model.trunk_digest(), "frozen_blocks": model.frozen_blocks,
+                              "image_size": size, "crop": crop, "backbone": settings.get("backbone")})
     return folder
 
 
-def _assemble(out: pd.DataFrame, pieces: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The actors' pieces, in the order of ``out`` (the rows they were given)."""
-    x = xf = None
+def run_fill(cfg: Config, rows: pd.DataFrame, actor_cls: type, actor: dict[str, Any],
+             pixels_per_row: int) -> pd.DataFrame:
+    """``rows`` through ``actor_cls`` (a fill actor: it writes its outputs as pieces and says which
+    image failed in ``_failed``): in this process for a small fill (``IN_PROCESS_PIXELS``), else a
+    Ray Data actor pool. A failed image stops the fill with one line; its pieces are removed."""
+    import time
+
+    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
+
+    start = time.perf_counter()
+    if len(rows) * pixels_per_row <= IN_PROCESS_PIXELS:
+        here = actor_cls(**actor, device="cpu", threads=torch.get_num_threads())
+        rows = rows.reset_index(drop=True).assign(_order=np.arange(len(rows)))
+        out = pd.concat([here(rows.iloc[i:i + cfg.batch_size]) for i in range(0, len(rows), cfg.batch_size)],
+                        ignore_index=True).drop(columns="_order")
+    else:
+        out = map_batches_pandas(rows, actor_cls, {**actor, "device": resolve_device(cfg),
+                                                   "threads": torch_threads_for(cfg.actors)},
+                                 cfg, actors=cfg.actors, batch_size=cfg.batch_size)
+    failed = [p for p in out["_failed"] if p]
+    if failed:
+        shutil.rmtree(actor["folder"], ignore_errors=True)
+        raise StageError(f"{len(failed)} catalogued image(s) changed or vanished since the catalog was "
+                         f"made, e.g. {why_unreadable(failed[0])}; restore them or rebuild the run "
+                         f"('ghns pipeline --force' in a new --run-dir)")
+    log.info("trunks: %d images in %.1f s", len(rows), time.perf_counter() - start)
+    return out
+
+
+def finish_fill(run: RunDir, folder: Path, meta: dict[str, Any]) -> None:
+    """Write ``folder``'s meta.json, drop its pieces and model, and remove the folders of the same
+    crop that it replaces."""
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+    shutil.rmtree(folder / "pieces", ignore_errors=True)
+    (folder / "model.pt").unlink(missing_ok=True)
+    crop = folder.name.rsplit("-", 1)[0]
+    for other in run.trunks.glob(f"{crop}-*"):
+        if other != folder:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def assemble(out: pd.DataFrame, pieces: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The actors' pieces (tensors ``keys``), in the order of ``out`` (the rows they were given)."""
+    stacked: dict[str, torch.Tensor] = {}
     for name, group in out.groupby("_file", sort=False):
         piece = torch.load(pieces / str(name), map_location="cpu", weights_only=True)
         where = torch.from_numpy(group.index.to_numpy(dtype=np.int64, copy=True))
         rows = torch.from_numpy(group["_row"].to_numpy(dtype=np.int64, copy=True))
-        if x is None:
-            x = torch.empty(len(out), *piece["x"].shape[1:], dtype=piece["x"].dtype)
-            xf = torch.empty_like(x)
-        x[where] = piece["x"][rows]
-        xf[where] = piece["xf"][rows]  # type: ignore[index]
-    assert x is not None and xf is not None
-    return x, xf
+        for k in keys:
+            if k not in stacked:
+                stacked[k] = torch.empty(len(out), *piece[k].shape[1:], dtype=piece[k].dtype)
+            stacked[k][where] = piece[k][rows]
+    return stacked
 
 
 def read_trunks(folder: str | Path, split: str, image_ids: np.ndarray | None = None,

@@ -1,11 +1,13 @@
-"""The stage-1 stage: train the part networks (Ray Train), embed every (image, part) (Ray Data),
-train FilterNet, write ``train-parts/`` and ``embeddings.parquet``, report ``train-parts.json``."""
+"""The stage-1 stage: train the part networks (Ray Train), embed every (image, part) (from the run's
+part-crop trunk outputs when the frozen blocks are pretrained, else a Ray Data pass), train
+FilterNet, write ``train-parts/`` and ``embeddings.parquet``, report ``train-parts.json``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import pandas as pd
 from ghns.checkpoint import save_checkpoint
 from ghns.data.catalog import Catalog
 from ghns.errors import StageError
+from ghns.models import N_PARTS
 from ghns.rundir import RunDir, atomic_write_text
 from ghns.stage1.embed import BOX_COLUMNS, EmbedActor
 from ghns.stage1.filternet import train_filternet
@@ -65,14 +68,44 @@ def _train_parts(cfg: Config, run: RunDir, catalog: Catalog, force: bool) -> lis
     if force:
         shutil.rmtree(storage, ignore_errors=True)
         history_file.unlink(missing_ok=True)
-    spec = PartNetworksSpec.from_config(cfg, run, len(catalog.classes))
+    # every split in one fill (one actor pool's start-up): the embedding pass reads test too
+    spec = with_part_trunks(cfg, run, catalog, PartNetworksSpec.from_config(cfg, run, len(catalog.classes)),
+                            ("train", "val", "test"))
     fit(stage1_loop, spec, cfg, name="train-parts", history_file=history_file, epochs=spec.optim.epochs)
     return json.loads(history_file.read_text()) if history_file.is_file() else []
 
 
-def _embed(cfg: Config, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
-    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
+def with_part_trunks(cfg: Config, run: RunDir, catalog: Catalog, spec: PartNetworksSpec,
+                     splits: tuple[str, ...]) -> PartNetworksSpec:
+    """``spec`` reading the run's part-crop trunk outputs for ``splits`` (filled here where
+    missing) when its frozen blocks are pretrained (``ghns.stage1.part_trunks``); else ``spec``."""
+    from ghns.stage1.part_trunks import ensure_part_trunks, stores_part_trunks
+    from ghns.stage1.train import build_parts
 
+    model = build_parts(spec.settings())
+    if not stores_part_trunks(model, spec.model.backbone, spec.model.pretrained):
+        return spec
+    return replace(spec, trunks=str(ensure_part_trunks(cfg, run, catalog, model, spec.settings(), splits)))
+
+
+def _embed(cfg: Config, run: RunDir, catalog: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every catalogued image's part embeddings: from the run's part-crop trunk outputs (only the
+    blocks after the frozen ones run) when stage 1 trained on them, else a Ray Data pass."""
+    from ghns.checkpoint import load_model
+    from ghns.raykit import map_batches_pandas, resolve_device, torch_threads_for
+    from ghns.stage1.part_trunks import embed_from_trunks, read_part_trunks
+
+    spec = with_part_trunks(cfg, run, catalog, PartNetworksSpec.from_config(cfg, run, len(catalog.classes)),
+                            ("train", "val", "test"))
+    if spec.trunks:
+        model, _ = load_model(run.part_networks, "part_networks")
+        rows = catalog.table[["image_id", "split", "label"]].reset_index(drop=True)
+        emb = np.zeros((len(rows), N_PARTS, spec.embedding_dim), dtype=np.float32)
+        for split in ("train", "val", "test"):
+            where = np.nonzero((rows["split"] == split).to_numpy())[0]
+            x = read_part_trunks(spec.trunks, split, rows["image_id"].to_numpy()[where], model)
+            emb[where] = embed_from_trunks(model, x)
+        return rows, emb
     loc = pd.read_parquet(run.localization)
     rows = catalog.table[["image_id", "path", "split", "label"]].merge(
         loc[["image_id"] + BOX_COLUMNS], on="image_id", how="left")

@@ -5,7 +5,9 @@ Batches are P classes x K images (``pk_batches``); the triplet loss mines inside
 (our own ``triplet_loss``: two modes, brute-force tested, no extra dependency). The adversarial
 loss trains the linear discriminator on unshuffled and shuffled sets of the batch's part
 embeddings (``shuffled_sets``). With a partly frozen backbone (``--trainable-blocks``) the
-frozen blocks run once and their output is cached, so CPU epochs only run the trainable tail.
+frozen blocks run once and their output is cached, so CPU epochs only run the trainable tail: for
+pretrained frozen blocks, once per run (``ghns.stage1.part_trunks``: the stage fills them, the loop
+reads its shard, ``spec.trunks``); for random ones, in the worker.
 """
 
 from __future__ import annotations
@@ -77,17 +79,34 @@ def _load_crops(spec: PartNetworksSpec, ctx: WorkerContext, split: str) -> tuple
     return crops, torch.tensor(rows["label"].to_numpy())
 
 
+def _stored_trunks(spec: PartNetworksSpec, ctx: WorkerContext, model: PartNetworks,
+                   split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's share of ``split`` from the run's part-crop trunk outputs."""
+    from ghns.stage1.part_trunks import read_part_trunks
+
+    assert spec.trunks is not None
+    rows = Catalog.read(spec.catalog).split(split)
+    x = read_part_trunks(spec.trunks, split, rows["image_id"].to_numpy(), model)
+    share = ctx.shard(len(rows))
+    # float16, as the worker's own cache (``cache_trunks``) holds them: the same training either way
+    return x[share].half(), torch.tensor(rows["label"].to_numpy())[share]
+
+
 def stage1_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of stage 1."""
     spec, ctx = PartNetworksSpec.of(config), WorkerContext(config)
     torch.manual_seed(spec.seed + ctx.rank)
-    (train_x, train_y), (val_x, val_y) = _load_crops(spec, ctx, "train"), _load_crops(spec, ctx, "val")
     model = build_parts(spec.settings())
     cpu_layout(model, ctx.device)  # the inputs stay (N, P, ...): each part's convolutions convert
     cached = spec.model.frozen_blocks > 0
     start_time = time.perf_counter()
+    if spec.trunks:  # the frozen blocks ran once for the run (ghns.stage1.part_trunks)
+        (train_x, train_y), (val_x, val_y) = (_stored_trunks(spec, ctx, model, s) for s in ("train", "val"))
+    else:
+        (train_x, train_y), (val_x, val_y) = _load_crops(spec, ctx, "train"), _load_crops(spec, ctx, "val")
     if cached:
         model.to(ctx.device)
+    if cached and not spec.trunks:
         train_x, val_x = cache_trunks(model, train_x, ctx.device), cache_trunks(model, val_x, ctx.device)
     cache_seconds = time.perf_counter() - start_time
     net = ctx.wrap(model)

@@ -198,6 +198,7 @@ class PartNetworksSpec(TrainingSpec):
     triplet_mining: str
     batch_classes: int
     batch_images: int
+    trunks: str | None = None  # the run's part-crop frozen-trunk outputs (ghns.stage1.part_trunks), if made
 
     def settings(self) -> dict[str, Any]:
         """What the part networks' checkpoint records."""
