@@ -131,8 +131,10 @@ class Config:
                                        "per anchor) or 'all'.", choices=("hard", "all"),
                                section="train-parts")
     embedding_dim: int = _opt(128, "Part embedding dimension D.", low=2, high=8192, section="train-parts")
-    part_image_size: int = _opt(0, "Side of the part crops; 0 = half the localizer's image size "
-                                   "(at least 48).", low=0, high=2048, section="train-parts")
+    part_image_size: int = _opt(0, "Side of the part crops; 0 = the localizer's image size when "
+                                   "the backbone is pretrained (the scale its weights learned), "
+                                   "half of it (at least 48) from scratch.", low=0, high=2048,
+                                section="train-parts")
     stage1_epochs: int = _opt(30, "Epochs of stage 1.", low=1, section="train-parts")
     stage1_lr: float = _opt(0.05, "Initial learning rate of stage 1 (paper: SGD 0.05).", low=0.0,
                             low_open=True, section="train-parts")
@@ -326,9 +328,21 @@ class Config:
         a, b, c = (float(v) for v in self.fusion_weights.split(","))
         return a, b, c
 
+    def resolved_weights(self) -> str:
+        """The backbone's weights: 'imagenet', 'none' or a state-dict file ('auto' resolved)."""
+        from ghns.models.backbones import BACKBONES
+
+        return BACKBONES[self.resolved_backbone()].default_pretrained if self.pretrained == "auto" \
+            else self.pretrained
+
     def resolved_part_size(self) -> int:
         if self.part_image_size:
             return self.part_image_size
+        # a pretrained backbone's features are learned at its input scale: a part crop at half of
+        # it gives Lite0 a 4 x 4 last map, and on cub50-dev the parts classifier lost 1-2 points
+        # (README, Part crops); a from-scratch backbone learns at whatever size it is given
+        if self.resolved_weights() != "none":
+            return self.resolved_localize_size()
         return max(48, self.resolved_localize_size() // 2)
 
     def to_dict(self) -> dict[str, Any]:

@@ -91,3 +91,21 @@ def test_image_classifiers_see_the_size_their_localizer_start_was_trained_at(tmp
     run.localization_json.write_text(json.dumps({"image_size": 96}))
     spec = ImageClassifierSpec.from_config(cfg, run, 20, crop="whole", seed=0, output=run.train_final / "o.pt")
     assert spec.model.image_size == 96
+
+
+def test_part_crops_are_the_backbone_input_size_when_pretrained_and_half_of_it_from_scratch(tmp_path):
+    root = str(tmp_path)
+    # pretrained by default (Lite0's ImageNet weights): crops at the localizer's 224
+    assert Config(dataset="cub", root=root).resolved_part_size() == 224
+    assert Config(dataset="cub", root=root, backbone="resnet50").resolved_part_size() == 224
+    assert Config(dataset="cub", root=root, localize_image_size=320).resolved_part_size() == 320
+    assert Config(dataset="cub", root=root, pretrained=str(tmp_path / "w.pt")).resolved_part_size() == 224
+    # from scratch: half the localizer's size, at least 48
+    assert Config(dataset="cub", root=root, pretrained="none").resolved_part_size() == 112
+    assert Config().resolved_part_size() == 48  # the synthetic default: tiny_cnn, 80 px localizer
+    assert Config(localize_image_size=160).resolved_part_size() == 80
+    # a size given wins
+    assert Config(dataset="cub", root=root, part_image_size=96).resolved_part_size() == 96
+    # the stage-1 spec carries it
+    cfg = Config(dataset="cub", root=root)
+    assert PartNetworksSpec.from_config(cfg, RunDir(tmp_path / "run"), 5).model.image_size == 224

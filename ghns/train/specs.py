@@ -242,10 +242,7 @@ class ImageClassifierSpec(TrainingSpec):
         bar, sees); one without weights from the localizer, already a whole-image classifier of
         this train split. Either way only the last block trains by default and the rest is
         cached once."""
-        from ghns.models.backbones import BACKBONES
-
-        backbone = cfg.resolved_backbone()
-        weights = BACKBONES[backbone].default_pretrained if cfg.pretrained == "auto" else cfg.pretrained
+        weights = cfg.resolved_weights()
         localizer = run.path / "localize" / "model.pt"
         init_from = _path(localizer) if weights == "none" and localizer.is_file() else None
         trainable = cfg.stage3_trainable_blocks if cfg.stage3_trainable_blocks >= 0 else cfg.trainable_blocks
