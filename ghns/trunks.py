@@ -100,7 +100,7 @@ def ensure_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: ImageClassi
     out = run_fill(cfg, todo.drop(columns=["label"]), TrunkActor, actor, size * size)
     stacked = assemble(out, pieces, ("x", "xf"))
     for split in missing:
-        mask = (todo["split"] == split).to_numpy()
+        mask = (todo["split"] == split).to_numpy(copy=True)  # writable: torch.from_numpy warns on a view
         data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
                 **{k: v[torch.from_numpy(mask)].clone() for k, v in stacked.items()},
                 "size": torch.from_numpy(out[["image_w", "image_h"]].to_numpy(dtype=np.int64)[mask])}

@@ -102,7 +102,7 @@ def ensure_part_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: PartNe
     out = run_fill(cfg, todo.drop(columns=["label"]), PartTrunkActor, actor, N_PARTS * size * size)
     x = assemble(out, pieces, ("x",))["x"]
     for split in missing:
-        mask = (todo["split"] == split).to_numpy()
+        mask = (todo["split"] == split).to_numpy(copy=True)  # writable: torch.from_numpy warns on a view
         data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
                 "x": x[torch.from_numpy(mask)].clone()}
         with atomic_path(folder / f"{split}.pt") as tmp:
