@@ -85,30 +85,46 @@ def ensure_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: ImageClassi
     size = int(settings["image_size"])
     rows = image_rows(run, catalog, crop)
     folder = trunk_folder(run, model, size, crop, rows)
-    missing = [s for s in splits if not (folder / f"{s}.pt").is_file()]
+    missing, todo, pieces = pending_fill(folder, rows, splits)
     if not missing:
         return folder
-    todo = rows[rows["split"].isin(missing)].reset_index(drop=True)
-    pieces = folder / "pieces"
-    shutil.rmtree(pieces, ignore_errors=True)  # an interrupted fill's
-    pieces.mkdir(parents=True)
     save_checkpoint(folder / "model.pt", model, {**settings, "format": IMAGE_FORMAT})
     log.info("trunks: %d %s images through %d frozen blocks at %d px (once per run: %s)",
              len(todo), crop, model.frozen_blocks, size, ", ".join(missing))
     actor: dict[str, Any] = {"model_path": str((folder / "model.pt").resolve()), "folder": str(pieces.resolve()),
                              "image_size": size, "crop": crop}
     out = run_fill(cfg, todo.drop(columns=["label"]), TrunkActor, actor, size * size)
-    stacked = assemble(out, pieces, ("x", "xf"))
-    for split in missing:
-        mask = (todo["split"] == split).to_numpy(copy=True)  # writable: torch.from_numpy warns on a view
-        data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
-                **{k: v[torch.from_numpy(mask)].clone() for k, v in stacked.items()},
-                "size": torch.from_numpy(out[["image_w", "image_h"]].to_numpy(dtype=np.int64)[mask])}
-        with atomic_path(folder / f"{split}.pt") as tmp:
-            torch.save(data, tmp)
+    save_splits(folder, todo, missing, assemble(out, pieces, ("x", "xf")),
+                {"size": out[["image_w", "image_h"]].to_numpy(dtype=np.int64)})
     finish_fill(run, folder, {"format": FORMAT, "digest": model.trunk_digest(), "frozen_blocks": model.frozen_blocks,
                               "image_size": size, "crop": crop, "backbone": settings.get("backbone")})
     return folder
+
+
+def pending_fill(folder: Path, rows: pd.DataFrame,
+                 splits: tuple[str, ...]) -> tuple[list[str], pd.DataFrame, Path]:
+    """The splits of ``splits`` that ``folder`` lacks, their rows of ``rows`` and the folder the
+    fill actors write their pieces to (emptied of an interrupted fill's; made only when a split
+    is missing)."""
+    missing = [s for s in splits if not (folder / f"{s}.pt").is_file()]
+    pieces = folder / "pieces"
+    if missing:
+        shutil.rmtree(pieces, ignore_errors=True)
+        pieces.mkdir(parents=True)
+    return missing, rows[rows["split"].isin(missing)].reset_index(drop=True), pieces
+
+
+def save_splits(folder: Path, todo: pd.DataFrame, missing: list[str], tensors: dict[str, torch.Tensor],
+                arrays: dict[str, np.ndarray] | None = None) -> None:
+    """``<folder>/<split>.pt`` for each split of ``missing``: its image ids and its rows of
+    ``tensors`` and ``arrays`` (both in the order of ``todo``)."""
+    for split in missing:
+        mask = (todo["split"] == split).to_numpy(copy=True)  # writable: torch.from_numpy warns on a view
+        data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
+                **{k: v[torch.from_numpy(mask)].clone() for k, v in tensors.items()},
+                **{k: torch.from_numpy(v[mask]) for k, v in (arrays or {}).items()}}
+        with atomic_path(folder / f"{split}.pt") as tmp:
+            torch.save(data, tmp)
 
 
 def run_fill(cfg: Config, rows: pd.DataFrame, actor_cls: type, actor: dict[str, Any],

@@ -95,6 +95,18 @@ TINY_SYNTHETIC = ["--synthetic-classes", "4", "--synthetic-per-class", "12",
                   "--stage3-epochs", "2", "--parts-epochs", "3", "--seed-ensemble", "2"]
 
 
+def pretrained_tiny_weights(path: Path) -> Path:
+    """A tiny_cnn state-dict file at ``path`` (seed 0): ``--pretrained path`` makes the backbone
+    count as pretrained, so its frozen blocks' outputs are stored once per run."""
+    import torch
+
+    from ghns.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    torch.save(create_backbone("tiny_cnn", "none").state_dict(), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, ray_session) -> Path:
     """A finished tiny synthetic pipeline run, built once per test session. Tests that change

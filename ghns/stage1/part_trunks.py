@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ import torch
 from ghns.models import N_PARTS
 from ghns.models.classifiers import weights_digest
 from ghns.rundir import RunDir, atomic_path
-from ghns.trunks import SPLITS, assemble, finish_fill, read_trunks, run_fill
+from ghns.trunks import SPLITS, assemble, finish_fill, pending_fill, read_trunks, run_fill, save_splits
 
 if TYPE_CHECKING:
     from ghns.config import Config
@@ -87,26 +86,16 @@ def ensure_part_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: PartNe
     size = int(settings["image_size"])
     rows = part_box_rows(run, catalog)
     folder = part_trunk_folder(run, model, size, rows)
-    missing = [s for s in splits if not (folder / f"{s}.pt").is_file()]
+    missing, todo, pieces = pending_fill(folder, rows, splits)
     if not missing:
         return folder
-    todo = rows[rows["split"].isin(missing)].reset_index(drop=True)
-    pieces = folder / "pieces"
-    shutil.rmtree(pieces, ignore_errors=True)  # an interrupted fill's
-    pieces.mkdir(parents=True)
     save_checkpoint(folder / "model.pt", model, settings)
     log.info("trunks: %d images' %d part crops through %d frozen blocks at %d px (once per run: %s)",
              len(todo), N_PARTS, model.networks()[0].frozen_blocks, size, ", ".join(missing))
     actor = {"model_path": str((folder / "model.pt").resolve()), "folder": str(pieces.resolve()),
              "image_size": size}
     out = run_fill(cfg, todo.drop(columns=["label"]), PartTrunkActor, actor, N_PARTS * size * size)
-    x = assemble(out, pieces, ("x",))["x"]
-    for split in missing:
-        mask = (todo["split"] == split).to_numpy(copy=True)  # writable: torch.from_numpy warns on a view
-        data = {"image_id": torch.from_numpy(todo["image_id"].to_numpy(dtype=np.int64)[mask]),
-                "x": x[torch.from_numpy(mask)].clone()}
-        with atomic_path(folder / f"{split}.pt") as tmp:
-            torch.save(data, tmp)
+    save_splits(folder, todo, missing, assemble(out, pieces, ("x",)))
     finish_fill(run, folder, {"format": FORMAT, "digest": part_trunk_digest(model),
                               "frozen_blocks": model.networks()[0].frozen_blocks, "image_size": size,
                               "crop": "parts", "backbone": settings.get("backbone")})

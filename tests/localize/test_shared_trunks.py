@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import TINY_SYNTHETIC
+from tests.conftest import TINY_SYNTHETIC, pretrained_tiny_weights
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +19,11 @@ def test_pretrained_localizer_reads_the_classifiers_trunk_outputs(tmp_path, cli,
     from ghns.config import Config
     from ghns.data.catalog import Catalog
     from ghns.localize.infer import LocalizeActor
-    from ghns.models.backbones import create_backbone
     from ghns.rundir import RunDir
     from ghns.stage3.stage import with_trunks
     from ghns.train.specs import ImageClassifierSpec
 
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny.pt"
-    torch.save(create_backbone("tiny_cnn", "none").state_dict(), weights)
+    weights = pretrained_tiny_weights(tmp_path / "tiny.pt")
     run = RunDir(tmp_path / "run")
     code, out, err = cli("localize", "--run-dir", run.path, *TINY_SYNTHETIC, "--pretrained", weights,
                          "--trainer", "local")

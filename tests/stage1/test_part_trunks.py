@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_SYNTHETIC
+from tests.conftest import TINY_SYNTHETIC, pretrained_tiny_weights
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,8 @@ def test_pretrained_part_networks_train_and_embed_from_stored_trunks(tmp_path, c
                                          read_part_trunks, stores_part_trunks)
     from ghns.stage1.table import read_embeddings
     from ghns.stage1.train import build_parts
-    from ghns.models.backbones import create_backbone
 
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny.pt"
-    torch.save(create_backbone("tiny_cnn", "none").state_dict(), weights)
+    weights = pretrained_tiny_weights(tmp_path / "tiny.pt")
     run = RunDir(tmp_path / "run")
     code, out, err = cli("train-parts", "--run-dir", run.path, *TINY_SYNTHETIC, "--pretrained", weights,
                          "--trainer", "local")
