@@ -105,7 +105,7 @@ class Config:
     foreground_threshold: float = _opt(0.5, "Foreground threshold of the 'parts' object method.",
                                        low=0.0, high=1.0, low_open=True, high_open=True,
                                        section="localize")
-    part_box_scale: float = _opt(0.4, "Side of a part box as a fraction of the object box's "
+    part_box_scale: float = _opt(0.5, "Side of a part box as a fraction of the object box's "
                                       "longer side.", low=0.0, high=1.0, low_open=True,
                                  section="localize")
     part_compactness: float = _opt(1.0, "Weight of the part compactness loss.", low=0.0,
