@@ -68,7 +68,7 @@ class Predictor:
         else:
             box, _ = box_from_map(1.0 - assign[-1], self.cfg.foreground_threshold, mode="union")
         obj = scale_box(box, sx, sy)
-        side = self.cfg.part_box_scale * max(obj[2], obj[3])
+        side = self.cfg.resolved_part_box_scale() * max(obj[2], obj[3])
         parts = []
         for k in range(assign.shape[0] - 1):
             cx, cy = mass_centre(assign[k])

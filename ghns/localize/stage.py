@@ -135,7 +135,7 @@ def _choose_boxes(cfg: Config, out: pd.DataFrame, true_objects, true_parts) -> N
             out[f"part{k + 1}_cx"] = boxes[:, k, 0] + boxes[:, k, 2] / 2
             out[f"part{k + 1}_cy"] = boxes[:, k, 1] + boxes[:, k, 3] / 2
         return
-    sides = cfg.part_box_scale * np.maximum(obj[:, 2], obj[:, 3])
+    sides = cfg.resolved_part_box_scale() * np.maximum(obj[:, 2], obj[:, 3])
     sizes = _image_sizes(out)
     for k in range(N_PARTS):
         around = [box_around((cx, cy), side, size) for cx, cy, side, size in
@@ -154,6 +154,8 @@ def _measure(cfg: Config, out: pd.DataFrame, true_objects, true_parts, history) 
     figures: dict[str, Any] = {"object_method": cfg.object_method, "part_method": cfg.part_method,
                                "backbone": cfg.resolved_backbone(),
                                "image_size": cfg.resolved_localize_size(), "images": len(out)}
+    if cfg.part_method == "learned":
+        figures["part_box_scale"] = cfg.resolved_part_box_scale()
     if "cam_degenerate" in out:
         figures["degenerate_maps"] = {"cam": int(out["cam_degenerate"].sum()),
                                       "foreground": int(out["fg_degenerate"].sum())}
