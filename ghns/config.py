@@ -53,6 +53,10 @@ class Config:
     val_fraction: float = _opt(0.1, "Share of each class's train images carved out as the "
                                      "validation split (stratified, seeded).",
                                low=0.0, high=1.0, high_open=True, section="catalog")
+    min_val_images: int = _opt(150, "Fewest images of a validation split carved from train: where "
+                                    "--val-fraction would carve fewer, the share rises (to at most "
+                                    "0.25) until it holds this many; 0 = --val-fraction as given.",
+                               low=0, section="catalog", before=0)
     test_fraction: float = _opt(0.25, "Share of each class held out as test where a dataset "
                                       "has no test split (one-folder ImageFolder, synthetic).",
                                 low=0.0, high=1.0, low_open=True, high_open=True, section="catalog")

@@ -121,6 +121,20 @@ def make_catalog(dataset: str, rows: pd.DataFrame, classes: list[str] | None = N
     return Catalog(dataset, _with_all_columns(table), classes, dict(info or {}))
 
 
+MAX_RAISED_VAL_SHARE = 0.25
+
+
+def val_share(fraction: float, min_images: int, n_train: int) -> float:
+    """The share of each class's train images to carve out as val: ``fraction``, raised where it
+    would carve fewer than ``min_images`` of the ``n_train`` images (fusion and the other val
+    choices are noise on a few dozen images) to ``min_images / n_train`` rounded up to 0.01, but
+    never above ``MAX_RAISED_VAL_SHARE``; a larger ``fraction`` given is kept."""
+    if fraction <= 0 or min_images <= 0 or n_train <= 0:
+        return fraction
+    needed = -(-100 * min_images // n_train) / 100  # ceil to 0.01 in integers: 150 / 1500 -> 0.1
+    return max(fraction, min(needed, MAX_RAISED_VAL_SHARE))
+
+
 def stratified_holdout(rows: pd.DataFrame, fraction: float, seed: int,
                        source: str = "train", target: str = "val") -> pd.DataFrame:
     """Move ``fraction`` of each class's ``source`` rows to split ``target`` (seeded).

@@ -44,7 +44,7 @@ def get_reader(name: str) -> Reader:
 
 def build_catalog(cfg: Config, progress: bool = True):
     """Read ``cfg.dataset`` at ``cfg.root``, drop unusable images (counted), carve val."""
-    from ghns.data.catalog import make_catalog, stratified_holdout
+    from ghns.data.catalog import make_catalog, stratified_holdout, val_share
     from ghns.data.images import verify_images
 
     reader = get_reader(cfg.dataset)
@@ -67,8 +67,11 @@ def build_catalog(cfg: Config, progress: bool = True):
     if rows.empty:
         raise DataError(f"{cfg.dataset}: every image under {root} was unusable ({report.summary()})")
     if "val" not in set(rows["split"]):
-        rows = stratified_holdout(rows, cfg.val_fraction, cfg.seed, "train", "val")
-        info["val"] = f"carved from train: {cfg.val_fraction:g} per class, seed {cfg.seed}"
+        share = val_share(cfg.val_fraction, cfg.min_val_images, int((rows["split"] == "train").sum()))
+        rows = stratified_holdout(rows, share, cfg.seed, "train", "val")
+        raised = (f" (--val-fraction {cfg.val_fraction:g} raised to hold at least "
+                  f"{cfg.min_val_images} images)" if share != cfg.val_fraction else "")
+        info["val"] = f"carved from train: {share:g} per class{raised}, seed {cfg.seed}"
     else:
         info["val"] = "the dataset's own validation split"
     info.update({"checked": report.checked, "skipped": dict(report.skipped),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghns.data.catalog import Catalog, make_catalog, stratified_holdout
+from ghns.data.catalog import MAX_RAISED_VAL_SHARE, Catalog, make_catalog, stratified_holdout, val_share
 from ghns.errors import DataError
 
 
@@ -71,3 +71,19 @@ def test_parquet_roundtrip_keeps_everything(tmp_path):
     assert back.dataset == "demo" and back.classes == cat.classes and back.info == cat.info
     pd.testing.assert_frame_equal(back.table, cat.table)
     assert not (tmp_path / "catalog.parquet.tmp").exists()
+
+
+@pytest.mark.parametrize("fraction, min_images, n_train, share", [
+    (0.1, 150, 1500, 0.1),    # cub50-dev: 10% is 150 images already
+    (0.1, 150, 1800, 0.1),    # more than enough
+    (0.1, 150, 720, 0.21),    # flowers12: 72 -> 150 / 720 = 0.2083, rounded up
+    (0.1, 150, 100, 0.25),    # a tiny dataset: raised, but never above a quarter
+    (0.4, 150, 100, 0.4),     # a larger share given is kept
+    (0.1, 0, 720, 0.1),       # 0 = the share as given
+    (0.0, 150, 720, 0.0),     # no val carved stays none
+])
+def test_val_share_rises_to_hold_min_images_up_to_a_quarter(fraction, min_images, n_train, share):
+    got = val_share(fraction, min_images, n_train)
+    assert got == share
+    if 0 < fraction and min_images and got < MAX_RAISED_VAL_SHARE:
+        assert got * n_train >= min(min_images, n_train) - 1e-9  # brute force: it does hold them

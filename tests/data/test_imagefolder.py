@@ -74,5 +74,17 @@ def test_shared_flowers12(shared_data):
     counts = catalog.counts()
     assert len(catalog.classes) == 12
     assert (counts["test"] == 20).all()
-    assert (counts["train"] + counts["val"] == 60).all() and (counts["val"] == 6).all()
+    # 720 train images: 10% would be 72 val images, so the share rises to 0.21 (13 of 60 per class)
+    assert (counts["train"] + counts["val"] == 60).all() and (counts["val"] == 13).all()
+    assert "0.21 per class (--val-fraction 0.1 raised to hold at least 150 images)" in catalog.info["val"]
     assert len(catalog.info["duplicate_groups"]) == 1  # the README's byte-identical pair
+
+
+def test_a_small_dataset_gets_a_val_split_of_at_least_min_val_images(tmp_path):
+    make_tree(tmp_path, splits=("train", "test"), n=20)  # 3 classes x 20 train images
+    counts = build_catalog(Config(dataset="imagefolder", root=str(tmp_path), min_val_images=12),
+                           progress=False).counts()
+    assert counts["val"].tolist() == [4, 4, 4]  # 10% = 6 images -> share 0.2 -> 12
+    counts = build_catalog(Config(dataset="imagefolder", root=str(tmp_path), min_val_images=0),
+                           progress=False).counts()
+    assert counts["val"].tolist() == [2, 2, 2]  # --val-fraction as given
