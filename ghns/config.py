@@ -74,6 +74,16 @@ class Config:
                                     section="catalog")
     synthetic_image_size: int = _opt(96, "Synthetic dataset: image side in pixels.", low=32,
                                      high=1024, section="catalog")
+    synthetic_near_misses: int = _opt(200, "Synthetic dataset: near-miss images (a class with one "
+                                           "part changed to a combination that is no class), "
+                                           "never trained on; evaluate reports how well "
+                                           "confidence rejects them (AUROC). 0 = none.",
+                                      low=0, section="catalog", before=0)
+    open_set_classes: int = _opt(0, "Hold out this many classes as unknown: never trained on, "
+                                    "their images scored against the known test images (open-set "
+                                    "AUROC). Chosen by a fixed rule: the classes whose names have "
+                                    "the smallest CRC-32. 0 = none.", low=0, section="catalog",
+                                 before=0)
     synthetic_seed: int = _opt(0, "Synthetic dataset: seed of its pixels (the split seed is --seed).",
                                low=0, section="catalog")
     seed: int = _opt(0, "Seed for the validation split, sampling and initialisation.", low=0,
@@ -232,6 +242,21 @@ class Config:
                             "have not replaced the weights kept on val (the probe start or a "
                             "better epoch); 0 = every epoch runs.", low=0, section="train-final",
                          before=0)
+    parts_keep: str = _opt("better", "When a fine-tuned parts classifier replaces the linear probe "
+                                     "it started from: 'better' (beyond chance on val, "
+                                     "--replace-start-p) or 'not_worse' (unless the probe is better "
+                                     "beyond chance: training that val top-1 cannot see, such as "
+                                     "--negative-logits, then reaches the model).",
+                           choices=("better", "not_worse"), section="train-final", before="better")
+    negative_logits: str = _opt("none", "How generated hard negatives enter the parts classifier's "
+                                        "loss beyond the quadruplet: 'not_class' (-log(1 - p) of the "
+                                        "class each was made from), 'uniform' (outlier exposure: "
+                                        "cross-entropy to the uniform distribution) or 'none'.",
+                                choices=("none", "not_class", "uniform"), section="train-final",
+                                before="none")
+    negative_logits_weight: float = _opt(0.5, "Weight of --negative-logits in the parts "
+                                              "classifier's loss.", low=0.0, section="train-final",
+                                         before=0.5)
     seed_ensemble: int = _opt(3, "Original-image classifiers in the seed-ensemble control (the main "
                                  "one included); 1 disables the control.", low=1, section="train-final")
     # -- evaluate ----------------------------------------------------------------------------

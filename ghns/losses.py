@@ -163,3 +163,57 @@ def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, an
         d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
         total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
     return total / len(y)
+
+
+def mined_negatives(f: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mined-negative arm's quadruplets, from real images of the batch only: per anchor r, n+
+    is its nearest other-class row (the batch-hard negative) and n its nearest row of a third
+    class (neither r's nor n+'s), so n+ is the harder of the two as Eq. 9 orders them. Returns
+    (anchors that have both, their n+ rows, their n rows); squared L2, ties to the lower index."""
+    d = torch.cdist(f, f).pow(2).detach()
+    other = y[:, None] != y[None, :]
+    n_plus = torch.where(other, d, torch.full_like(d, float("inf"))).argmin(1)
+    third = other & (y[None, :] != y[n_plus][:, None])
+    n = torch.where(third, d, torch.full_like(d, float("inf"))).argmin(1)
+    keep = (other.any(1) & third.any(1)).cpu().numpy()
+    anchors = np.nonzero(keep)[0]
+    return anchors, n_plus.cpu().numpy()[anchors], n.cpu().numpy()[anchors]
+
+
+def not_class_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """"Not this class" on the logits of generated hard negatives: mean of -log(1 - p_c), p the
+    softmax and c the class each negative was made from (its reference image's class), computed as
+    logsumexp over the other classes minus logsumexp over all (stable where p_c is near 1)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    others = logits.scatter(1, classes.view(-1, 1), float("-inf"))
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(others, 1)).mean()
+
+
+def uniform_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure (Hendrycks et al., ICLR 2019) on generated hard negatives: the
+    cross-entropy of their softmax to the uniform distribution, mean over rows."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return -torch.log_softmax(logits, 1).mean()
+
+
+def mined_metric_loss(f: torch.Tensor, y: torch.Tensor, m1: float, m2: float) -> torch.Tensor:
+    """The metric term of Eq. 10 with mined negatives in place of generated ones: anchors with
+    a mined (n+, n) (``mined_negatives``) take the quadruplet loss with their batch-hardest
+    positive; the others the triplet (r, p, n) with margin m1; summed and averaged over the batch
+    as ``parts_metric_loss``."""
+    anchors, n_plus, n = mined_negatives(f, y)
+    p_idx, n_idx = batch_hardest(f, y)
+    total = f.sum() * 0.0
+    if len(anchors):
+        a, np_, nn_ = (torch.from_numpy(v).to(f.device) for v in (anchors, n_plus, n))
+        total = total + quadruplet_loss(f[a], f[p_idx[a]], f[np_], f[nn_], m1, m2) * len(anchors)
+    has = torch.zeros(len(y), dtype=torch.bool)
+    has[torch.from_numpy(anchors)] = True
+    rest = torch.nonzero(~has).flatten().to(f.device)
+    if len(rest):
+        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
+        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
+        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
+    return total / len(y)

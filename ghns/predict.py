@@ -28,21 +28,35 @@ class Prediction:
     error: str | None = None
 
 
+def reject_threshold(run: RunDir) -> float:
+    """The fused score below which ``ghns predict --reject`` answers "none of these": the one
+    ``report.json`` records (chosen on known val images only)."""
+    report = json.loads(run.report_json.read_text()) if run.report_json.is_file() else {}
+    if "reject_threshold" not in report:
+        raise StageError(f"{run.report_json} has no reject_threshold: run 'ghns evaluate --force' with this version")
+    return float(report["reject_threshold"]["fused"])
+
+
 class Predictor:
-    def __init__(self, run: RunDir) -> None:
+    """A finished run's models in this process. ``fusion``: the fused rule to use (default: the
+    one ``report.json`` records, which then must exist)."""
+
+    def __init__(self, run: RunDir, fusion: Fusion | None = None) -> None:
         from ghns.checkpoint import load_model
         from ghns.config import Config
 
-        if not run.report_json.is_file():
+        if fusion is None and not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
         self.cfg = Config.from_yaml(run.config, saved_run=True)
         if self.cfg.object_method == "oracle" or self.cfg.part_method == "oracle":
             raise StageError("this run used oracle boxes, which new images do not have; predict needs "
                              "a run with --object-method parts|cam and --part-method learned")
         self.classes = Catalog.read(run.catalog).classes
-        report = json.loads(run.report_json.read_text())
-        # runs evaluated before the log-linear rule carry only Eq. 11 weights
-        self.fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
+        if fusion is None:
+            report = json.loads(run.report_json.read_text())
+            # runs evaluated before the log-linear rule carry only Eq. 11 weights
+            fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
+        self.fusion = fusion
 
         self.localizer, self.loc_settings = load_model(run.path / "localize" / "model.pt", "localizer")
         self.parts, self.part_settings = load_model(run.part_networks, "part_networks")
@@ -81,6 +95,16 @@ class Predictor:
             img = load_rgb(path, self.cfg.max_image_pixels)
         except BadImage as exc:
             return Prediction(path, error=str(exc))
+        p_orig, p_obj, emb = self.outputs(img)
+        p_parts = self.parts_classifier(torch.from_numpy(emb).reshape(1, -1))[1].softmax(1)[0].numpy()
+        fused = self.fusion([p_orig[None], p_obj[None], p_parts[None]])[0]
+        order = np.argsort(-fused, kind="stable")[:top]
+        return Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])
+
+    @torch.no_grad()
+    def outputs(self, img) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's original-image and object softmax scores (C,) and its part embeddings
+        (P, D), the inputs of every parts classifier and of the fusion."""
         obj, parts = self.boxes(img)
 
         def probs(model, settings, box=None):
@@ -92,7 +116,4 @@ class Predictor:
         size = self.part_settings["image_size"]
         crops = torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
         emb, _, _ = self.parts(to_float(crops)[None])
-        p_parts = self.parts_classifier(emb.reshape(1, -1))[1].softmax(1)[0].numpy()
-        fused = self.fusion([p_orig[None], p_obj[None], p_parts[None]])[0]
-        order = np.argsort(-fused, kind="stable")[:top]
-        return Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])
+        return p_orig, p_obj, emb[0].numpy()

@@ -60,16 +60,27 @@ class BankSpec:
         return f"tau{self.tau:g}-n{self.per_class}"
 
 
+ARMS = ("without", "generated", "mined")  # "generated": the bank's n+ ("with" in study.json's arms)
+
+
 @dataclass(frozen=True)
 class Job:
-    """One parts classifier to train: an arm, a seed and (for "with") a bank setting."""
+    """One parts classifier to train: an arm, a seed and (for "generated") a bank setting."""
 
     seed: int
-    bank: BankSpec | None  # None: the "without" arm
+    bank: BankSpec | None  # None: the "without" or the "mined" arm
+    arm: str = ""  # "" = "generated" with a bank, else "without"
+
+    @property
+    def kind(self) -> str:
+        return self.arm or ("without" if self.bank is None else "generated")
 
     @property
     def name(self) -> str:
-        return f"without-s{self.seed}" if self.bank is None else f"with-{self.bank.key}-s{self.seed}"
+        if self.kind == "generated":
+            assert self.bank is not None
+            return f"with-{self.bank.key}-s{self.seed}"
+        return f"{self.kind}-s{self.seed}"
 
 
 def parse_grid(text: str | None, kind: type, name: str) -> list:
@@ -83,10 +94,13 @@ def parse_grid(text: str | None, kind: type, name: str) -> list:
     return values
 
 
-def plan(seeds: list[int], banks: list[BankSpec]) -> list[Job]:
-    """Every job: the "without" arm once per seed, the "with" arm per seed and bank."""
+def plan(seeds: list[int], banks: list[BankSpec], mined: bool = True) -> list[Job]:
+    """Every job: the "without" arm once per seed, the "generated" arm per seed and bank, the
+    "mined" arm once per seed."""
     jobs = [Job(s, None) for s in seeds]
     jobs += [Job(s, b) for b in banks for s in seeds]
+    if mined:
+        jobs += [Job(s, None, "mined") for s in seeds]
     return jobs
 
 
@@ -104,6 +118,7 @@ def study_loop(config: dict[str, Any]) -> None:
     meta, emb = read_embeddings(Path(spec.embeddings))
     evaluated = meta["split"].isin(["val", "test"]).to_numpy()
     eval_ids, eval_sets = meta["image_id"].to_numpy()[evaluated], emb[evaluated]
+    rejection = dict(np.load(spec.rejection)) if spec.rejection else {}
     dim = data.train_x.shape[1]
     probe = parts_probe(data, spec.num_classes)  # every job starts from the same probe
     banks: dict[str, NegativeBank] = {}
@@ -115,16 +130,19 @@ def study_loop(config: dict[str, Any]) -> None:
             continue
         t0 = time.perf_counter()
         bank = NegativeBank.empty(dim)
+        arm = job.get("arm") or ("without" if job["bank"] is None else "generated")
         if job["bank"] is not None:
             key = job["bank"]["key"]
             if key not in banks:
                 banks[key] = NegativeBank.read(Path(job["bank"]["folder"]), dim, job["bank"]["per_class"])
             bank = banks[key]
         model, best = fit_parts_classifier(data, bank, spec.parts, spec.num_classes, job["seed"],
-                                           job["bank"] is not None, probe=probe)
+                                           arm != "without", source="mined" if arm == "mined" else "generated",
+                                           probe=probe)
+        reject: dict[str, Any] = {f"reject/{k}": parts_softmax(model, v) for k, v in rejection.items()}
         with atomic_path(out, suffix=".npz") as tmp:  # savez appends .npz otherwise
             np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
-                                val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank))
+                                val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank), **reject)
         print(f"study: {job['name']} done ({i + 1}/{len(jobs)} on worker {ctx.rank}): val top-1 "
               f"{best.acc:.2f}, {time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -157,21 +175,30 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
     jobs = plan(seed_list, banks)
     parts = _parts_config(cfg)
-    digest = _digest({"parts": parts, "inputs": _embeddings_stamp(run)})
+    rejection = _rejection_inputs(cfg, run, catalog)
+    digest = _digest({"parts": parts, "inputs": _embeddings_stamp(run),
+                      **({"rejection": sorted(rejection)} if rejection else {})})
     jobs_dir = folder / "jobs" / digest
     jobs_dir.mkdir(parents=True, exist_ok=True)
+    rejection_file = None
+    if rejection:
+        from ghns.rejection import write_inputs_for_study
+
+        rejection_file = jobs_dir.parent / f"{digest}-rejection-embeddings.npz"
+        if not rejection_file.is_file():
+            write_inputs_for_study(rejection, rejection_file)
     todo = [j for j in jobs if not (jobs_dir / f"{j.name}.npz").is_file()]
     start = time.perf_counter()
     if todo:
-        log.info("study: %d of %d classifiers to train (%d seeds, %d bank setting(s))",
-                 len(todo), len(jobs), seeds, len(banks))
-        _train_jobs(cfg, run, todo, folders, jobs_dir, parts, len(catalog.classes), digest)
+        log.info("study: %d of %d classifiers to train (%d seeds, %d bank setting(s), arms %s)",
+                 len(todo), len(jobs), seeds, len(banks), ", ".join(ARMS))
+        _train_jobs(cfg, run, todo, folders, jobs_dir, parts, len(catalog.classes), digest, rejection_file)
     else:
         log.info("study: all %d classifiers trained already", len(jobs))
     scores = {j.name: dict(np.load(jobs_dir / f"{j.name}.npz")) for j in jobs}
     run_scores = {s: dict(np.load(run.scores / f"{s}.npz")) for s in ("val", "test")}
     result = summarize_study(scores, run_scores, seed_list, banks, main_bank, catalog.classes,
-                             cfg.fusion_rule, cfg.fusion_step)
+                             cfg.fusion_rule, cfg.fusion_step, rejection=rejection)
     result["settings"] = {"run_dir": str(run.path), "parts": parts, "banks": {
         b.key: {"tau": b.tau, "per_class": b.per_class, "folder": str(folders[b.key])} for b in banks},
         "jobs": str(jobs_dir), "seconds_training": round(time.perf_counter() - start, 1)}
@@ -179,6 +206,17 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     atomic_write_text(folder / "study.md", render_study(result))
     study_figure(result, folder / "study.png")
     return result
+
+
+def _rejection_inputs(cfg: Config, run: RunDir, catalog) -> dict[str, dict[str, np.ndarray]] | None:
+    """The run's rejection inputs (``ghns.rejection``: known test and unknown images), made here
+    where evaluate has not made them; None when the catalog names no unknown images."""
+    from ghns.rejection import compute_inputs
+    from ghns.stage3.evaluate import scores_stamp
+    from ghns.stage3.stage import model_names
+
+    return compute_inputs(run, catalog, {**scores_stamp(run, model_names(cfg)), "kind": "rejection"},
+                          progress=not cfg.quiet)
 
 
 def _parts_config(cfg: Config) -> dict[str, Any]:
@@ -227,18 +265,19 @@ def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) 
 
 
 def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
-                parts: dict[str, Any], num_classes: int, digest: str) -> None:
+                parts: dict[str, Any], num_classes: int, digest: str, rejection: Path | None = None) -> None:
     from ghns.stage3.parts import PartsSettings
     from ghns.train.runner import fit
 
     name = f"study_{digest}"
     shutil.rmtree(run.path / "ray" / name, ignore_errors=True)  # resumption is per job, not per epoch
-    jobs = [{"name": j.name, "seed": j.seed,
+    jobs = [{"name": j.name, "seed": j.seed, "arm": j.kind,
              "bank": None if j.bank is None else {"key": j.bank.key, "per_class": j.bank.per_class,
                                                   "folder": str(folders[j.bank.key].resolve())}}
             for j in todo]
     spec = StudySpec(parts=PartsSettings.from_dict(parts), embeddings=str(run.embeddings.resolve()),
-                     jobs_dir=str(jobs_dir.resolve()), num_classes=num_classes, jobs=jobs)
+                     jobs_dir=str(jobs_dir.resolve()), num_classes=num_classes, jobs=jobs,
+                     rejection=str(rejection.resolve()) if rejection else None)
     fit(study_loop, spec, cfg, name=name)
     missing = [j.name for j in todo if not (jobs_dir / f"{j.name}.npz").is_file()]
     if missing:
@@ -262,14 +301,30 @@ def arm_predictions(job: dict[str, np.ndarray], run_scores: dict[str, dict[str, 
     parts_val, parts_test = _aligned(job, val["image_id"]), _aligned(job, test["image_id"])
     fusion = choose_fusion([val["original"], val["object"], parts_val], val["label"], rule, step)
     fused = fusion([test["original"], test["object"], parts_test])
-    return {"parts": parts_test.argmax(1), "fused": fused.argmax(1), "fusion": fusion.describe()}
+    return {"parts": parts_test.argmax(1), "fused": fused.argmax(1), "fusion": fusion.describe(),
+            "rule": fusion}
+
+
+def rejection_confidences(job: dict[str, np.ndarray], fusion, inputs: dict[str, dict[str, np.ndarray]]
+                          ) -> dict[str, dict[str, np.ndarray]]:
+    """One job's ``{"known" | kind: {"parts", "fused"}}`` maximum softmax scores on the
+    rejection images (its parts scores fused with the run's original and object scores)."""
+    from ghns.rejection import confidence
+
+    out = {}
+    for name, d in inputs.items():
+        p = job[f"reject/{name}"]
+        out[name] = {"parts": confidence(p), "fused": confidence(fusion([d["original"], d["object"], p]))}
+    return out
 
 
 def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[str, dict[str, np.ndarray]],
                     seeds: list[int], banks: list[BankSpec], main: BankSpec, class_names: list[str],
-                    rule: str = "loglinear", step: float = 0.05, n_boot: int = 10_000) -> dict[str, Any]:
+                    rule: str = "loglinear", step: float = 0.05, n_boot: int = 10_000,
+                    rejection: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """study.json from the jobs' scores and the run's val/test scores (see the module doc)."""
-    from ghns.stats import mcnemar, mean_std, paired_bootstrap
+    from ghns.rejection import KINDS
+    from ghns.stats import auroc, mcnemar, mean_std, paired_auroc_bootstrap, paired_bootstrap
 
     labels = run_scores["test"]["label"]
     preds = {name: arm_predictions(job, run_scores, rule, step) for name, job in scores.items()}
@@ -299,6 +354,41 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
         if bank == main:
             result["arms"]["with"] = {w: entry[w]["per_seed"] for w in ("parts", "fused")}
             result["paired"] = {w: entry[w]["paired"] for w in ("parts", "fused")}
+    arm_names = {"without": without, "generated": f"with-{main.key}-s{{seed}}"}
+    if all(f"mined-s{s}" in scores for s in seeds):
+        arm_names["mined"] = "mined-s{seed}"
+        result["arms"]["mined"] = {w: top1(correct(arm_names["mined"], w)) for w in ("parts", "fused")}
+    vs: dict[str, dict[str, Any]] = {}
+    for arm in ("generated", "mined"):
+        if arm not in arm_names:
+            continue
+        vs[arm] = {}
+        for which in ("parts", "fused"):
+            boot = paired_bootstrap(correct(arm_names[arm], which), correct(without, which), n_boot=n_boot)
+            vs[arm][which] = {"mean": boot["mean"], "ci95": boot["ci95"]}
+    kinds = [k for k in KINDS if rejection and k in rejection]
+    if kinds and rejection is not None:
+        conf = {arm: [rejection_confidences(scores[name.format(seed=s)], preds[name.format(seed=s)]["rule"], rejection)
+                      for s in seeds] for arm, name in arm_names.items()}
+        result["rejection"] = {arm: {f"{k}_auroc": {w: [round(auroc(c["known"][w], c[k][w]), 4) for c in per_seed]
+                                                     for w in ("parts", "fused")} for k in kinds}
+                               for arm, per_seed in conf.items()}
+        for arm, per_seed in conf.items():  # the same on val, where a choice between settings is made
+            for k in kinds:
+                if f"{k}_val" in rejection and "known_val" in rejection:
+                    result["rejection"][arm][f"{k}_auroc_val"] = {
+                        w: [round(auroc(c["known_val"][w], c[f"{k}_val"][w]), 4) for c in per_seed]
+                        for w in ("parts", "fused")}
+        result["rejection_images"] = {name: int(len(d["original"])) for name, d in rejection.items()}
+        for arm in vs:
+            for k in kinds:
+                for w, key in (("fused", f"{k}_auroc"), ("parts", f"{k}_auroc_parts")):
+                    boot = paired_auroc_bootstrap(
+                        np.stack([c["known"][w] for c in conf[arm]]), np.stack([c[k][w] for c in conf[arm]]),
+                        np.stack([c["known"][w] for c in conf["without"]]), np.stack([c[k][w] for c in conf["without"]]),
+                        n_boot=min(n_boot, 2000))
+                    vs[arm][key] = {"mean": boot["mean"], "ci95": boot["ci95"]}
+    result["vs_without"] = vs
     result["summary"] = {arm: {w: mean_std(v) for w, v in vals.items()} for arm, vals in result["arms"].items()}
     result["grid"] = grid
     result["fusion"] = {arm: [preds[(without if arm == "without" else f"with-{main.key}-s{{seed}}")
@@ -347,6 +437,33 @@ def render_study(result: dict[str, Any]) -> str:
         lines.append(f"| {which} | {s['with'][which]['mean']} +- {s['with'][which]['std']} | "
                      f"{s['without'][which]['mean']} +- {s['without'][which]['std']} | "
                      f"{p['mean']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] | {p['mcnemar_p']:.3g} |")
+    vs = result.get("vs_without") or {}
+    if vs:
+        metrics = [m for m in ("parts", "fused", "near_miss_auroc", "near_miss_auroc_parts", "open_set_auroc",
+                               "open_set_auroc_parts") if any(m in v for v in vs.values())]
+        lines += ["", "Each arm minus the arm without hard negatives, paired (top-1 in points; AUROC "
+                  "of known test images against unknown ones by the maximum softmax score, fused unless "
+                  "'_parts'), 95% interval from a two-way bootstrap over seeds and images:", "",
+                  "| arm | " + " | ".join(metrics) + " |", "| --- |" + " --- |" * len(metrics)]
+        for arm, v in vs.items():
+            cells = [f"{v[m]['mean']:+.4g} [{v[m]['ci95'][0]:+.4g}, {v[m]['ci95'][1]:+.4g}]" if m in v else "-"
+                     for m in metrics]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if result.get("rejection"):
+        lines += ["", "AUROC per arm, mean +- std over seeds (parts / fused):", "",
+                  "| arm | " + " | ".join(next(iter(result["rejection"].values()))) + " |",
+                  "| --- |" + " --- |" * len(next(iter(result["rejection"].values())))]
+        for arm, per_kind in result["rejection"].items():
+            cells = []
+            for vals in per_kind.values():
+                a, b = np.asarray(vals["parts"]), np.asarray(vals["fused"])
+                cells.append(f"{a.mean():.4f} +- {a.std(ddof=1) if len(a) > 1 else 0:.4f} / "
+                             f"{b.mean():.4f} +- {b.std(ddof=1) if len(b) > 1 else 0:.4f}")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if "mined" in result["arms"]:
+        m = result["summary"]["mined"]
+        lines += ["", f"Mined negatives (n+ the batch-hard negative, n the nearest of a third class): parts "
+                      f"{m['parts']['mean']} +- {m['parts']['std']}, fused {m['fused']['mean']} +- {m['fused']['std']}."]
     lines += ["", f"Main bank: {result['main_bank']}.", ""]
     lines += ["Per seed (parts with / without; fused with / without):", ""]
     arms = result["arms"]

@@ -92,7 +92,8 @@ TINY_SYNTHETIC = ["--synthetic-classes", "4", "--synthetic-per-class", "12",
                   "--synthetic-image-size", "48", "--localize-epochs", "2", "--batch-size", "16",
                   "--stage1-epochs", "2", "--batch-classes", "2", "--batch-images", "2",
                   "--embedding-dim", "16", "--per-class", "5", "--neighbors", "3", "--tau", "0.2",
-                  "--stage3-epochs", "2", "--parts-epochs", "3", "--seed-ensemble", "2"]
+                  "--stage3-epochs", "2", "--parts-epochs", "3", "--seed-ensemble", "2",
+                  "--synthetic-near-misses", "16"]
 
 
 def pretrained_tiny_weights(path: Path) -> Path:

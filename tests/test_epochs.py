@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from ghns.train.epochs import KeepBest, Training, run_epochs
@@ -115,3 +116,32 @@ def test_without_val_patience_never_stops_and_a_resumed_stalled_run_trains_no_mo
     assert _loop(again, resumed, [50.0] * 9, calls, epochs=8) == -1
     assert calls == [] and again.calls == ["restore"]
     assert torch.equal(resumed.model.weight, t.model.weight)  # the start, put back
+
+
+def test_not_worse_start_rule_keeps_a_fine_tuned_epoch_unless_the_probe_beats_it_beyond_chance():
+    model = torch.nn.Linear(2, 2)
+    n = 40
+    start = torch.ones(n, dtype=torch.bool)
+    start[:6] = False  # the probe: 34 of 40 right
+
+    def offered(rule, correct_list, p=0.05):
+        best = KeepBest(p, 0, rule)
+        best.update(model, 100.0 * start.float().mean().item(), -1, start)
+        for epoch, correct in enumerate(correct_list):
+            best.update(model, 100.0 * correct.float().mean().item(), epoch, correct)
+        return best.epoch
+
+    slightly_worse = start.clone()
+    slightly_worse[6:8] = False  # 32 of 40: the probe is better, but not beyond chance
+    much_worse = start.clone()
+    much_worse[6:16] = False  # 24 of 40: the probe is better beyond chance
+    better = start.clone()
+    better[:2] = True
+    assert offered("better", [slightly_worse]) == -1
+    assert offered("not_worse", [slightly_worse]) == 0
+    assert offered("not_worse", [much_worse]) == -1
+    # later epochs compete on val as usual, and none may lose to the probe beyond chance
+    assert offered("not_worse", [slightly_worse, better]) == 1
+    assert offered("not_worse", [slightly_worse, much_worse]) == 0
+    with pytest.raises(ValueError, match="unknown start rule"):
+        KeepBest(0.05, 0, "sometimes")

@@ -280,3 +280,59 @@ def test_metric_term_brute_force(per_anchor):
     assert got.item() == pytest.approx(brute_metric(f, y, f_plus, anchors, 0.4, 0.2, per_anchor), rel=1e-5)
     none = parts_metric_loss(f, y, f_plus[:0], np.zeros(0, np.int64), 0.4, 0.2)
     assert none.item() == pytest.approx(brute_metric(f, y, f_plus[:0], [], 0.4, 0.2, 1), rel=1e-5)
+
+
+def test_mined_negatives_equal_a_brute_force_search():
+    from ghns.losses import mined_negatives
+
+    torch.manual_seed(0)
+    f = torch.randn(14, 5)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3, 4, 4])
+    anchors, n_plus, n = mined_negatives(f, y)
+    expected = []
+    for r in range(len(y)):
+        d = [float(((f[r] - f[j]) ** 2).sum()) for j in range(len(y))]
+        others = [j for j in range(len(y)) if y[j] != y[r]]
+        if not others:
+            continue
+        hard = min(others, key=lambda j: (d[j], j))
+        third = [j for j in others if y[j] != y[hard]]
+        if third:
+            expected.append((r, hard, min(third, key=lambda j: (d[j], j))))
+    assert list(zip(anchors.tolist(), n_plus.tolist(), n.tolist())) == expected
+    # two classes only: no third class, no quadruplet
+    a, _, _ = mined_negatives(f[:4], y[:4])
+    assert len(a) == 0
+
+
+def test_mined_metric_loss_against_its_definition():
+    from ghns.losses import mined_metric_loss, mined_negatives
+
+    torch.manual_seed(1)
+    f = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    anchors, n_plus, n = mined_negatives(f, y)
+    total = 0.0
+    for a, np_, nn_ in zip(anchors, n_plus, n):
+        same = [j for j in range(12) if y[j] == y[a] and j != a]
+        p = max(same, key=lambda j: (float(((f[a] - f[j]) ** 2).sum()), -j))
+        dp, dnp, dn = (float(((f[a] - f[j]) ** 2).sum()) for j in (p, np_, nn_))
+        total += 0.5 * max(0.0, dp - dnp + 0.4 - 0.2) + 0.5 * max(0.0, dnp - dn + 0.2)
+    assert len(anchors) == 12
+    assert float(mined_metric_loss(f, y, 0.4, 0.2)) == pytest.approx(total / 12, abs=1e-5)
+
+
+def test_not_class_and_uniform_losses_against_direct_formulas():
+    from ghns.losses import not_class_loss, uniform_loss
+
+    torch.manual_seed(2)
+    logits = torch.randn(6, 4) * 3
+    classes = torch.tensor([0, 1, 2, 3, 0, 2])
+    p = logits.softmax(1)
+    direct = -torch.log(1 - p[torch.arange(6), classes]).mean()
+    assert float(not_class_loss(logits, classes)) == pytest.approx(float(direct), rel=1e-5)
+    assert float(uniform_loss(logits)) == pytest.approx(float(-(logits.log_softmax(1)).mean()), rel=1e-6)
+    # stable where the class takes almost all the mass
+    sure = torch.tensor([[60.0, 0.0, 0.0]])
+    assert math.isfinite(float(not_class_loss(sure, torch.tensor([0]))))
+    assert float(not_class_loss(logits[:0], classes[:0])) == 0.0

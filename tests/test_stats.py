@@ -78,3 +78,49 @@ def test_sign_test_greater_is_the_upper_binomial_tail(new, old):
 def test_mean_std():
     assert mean_std([90.0, 92.0, 94.0]) == {"mean": 92.0, "std": 2.0}
     assert mean_std([91.5]) == {"mean": 91.5, "std": 0.0}
+
+
+def direct_auroc(known, unknown):
+    """P(known > unknown) + 0.5 P(tie) over every pair, by a double loop."""
+    total = 0.0
+    for k in known:
+        for u in unknown:
+            total += 1.0 if k > u else 0.5 if k == u else 0.0
+    return total / (len(known) * len(unknown))
+
+
+def test_auroc_equals_the_pairwise_count_with_ties():
+    from ghns.stats import auroc
+
+    rng = np.random.default_rng(0)
+    known = rng.integers(0, 6, 40) / 5  # many ties
+    unknown = rng.integers(0, 5, 30) / 5
+    assert auroc(known, unknown) == pytest.approx(direct_auroc(known, unknown), abs=1e-12)
+    assert auroc([1.0, 2.0], [0.0]) == 1.0 and auroc([0.0], [1.0, 2.0]) == 0.0
+    assert auroc([1.0], [1.0]) == 0.5
+    assert math.isnan(auroc([], [1.0]))
+
+
+def test_paired_auroc_bootstrap_matches_a_plain_loop():
+    from ghns.stats import auroc, paired_auroc_bootstrap
+
+    rng = np.random.default_rng(1)
+    s, nk, nu = 3, 25, 20
+    ka, ua = rng.random((s, nk)) + 0.3, rng.random((s, nu))
+    kb, ub = rng.random((s, nk)) + 0.1, rng.random((s, nu))
+    got = paired_auroc_bootstrap(ka, ua, kb, ub, n_boot=200, seed=4)
+    draw = np.random.default_rng(4)
+    means = []
+    for _ in range(200):
+        seeds = draw.integers(0, s, s)
+        ki, ui = draw.integers(0, nk, nk), draw.integers(0, nu, nu)
+        means.append(np.mean([direct_auroc(ka[i, ki], ua[i, ui]) - direct_auroc(kb[i, ki], ub[i, ui]) for i in seeds]))
+    expected = np.mean([direct_auroc(ka[i], ua[i]) - direct_auroc(kb[i], ub[i]) for i in range(s)])
+    assert got["mean"] == pytest.approx(expected, abs=1e-4)
+    assert got["ci95"] == pytest.approx(list(np.quantile(means, [0.025, 0.975])), abs=1e-4)
+    assert got["ci95"][0] <= got["mean"] <= got["ci95"][1]
+    same = paired_auroc_bootstrap(ka, ua, ka, ua, n_boot=50)
+    assert same["mean"] == 0 and same["ci95"] == [0, 0]
+    with pytest.raises(ValueError, match="matching shapes"):
+        paired_auroc_bootstrap(ka, ua, kb[:, :3], ub)
+    assert auroc(ka[0], ua[0]) > 0.5

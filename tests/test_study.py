@@ -69,8 +69,11 @@ def test_plan_and_grid_parsing():
     banks = [BankSpec(0.5, 10), BankSpec(0.5, 50)]
     jobs = plan([0, 1], banks)
     assert [j.name for j in jobs] == ["without-s0", "without-s1", "with-tau0.5-n10-s0",
-                                      "with-tau0.5-n10-s1", "with-tau0.5-n50-s0", "with-tau0.5-n50-s1"]
+                                      "with-tau0.5-n10-s1", "with-tau0.5-n50-s0", "with-tau0.5-n50-s1",
+                                      "mined-s0", "mined-s1"]
+    assert [j.kind for j in jobs] == ["without"] * 2 + ["generated"] * 4 + ["mined"] * 2
     assert Job(3, None).name == "without-s3"
+    assert len(plan([0], banks, mined=False)) == 3
     assert parse_grid("10, 50,150", int, "per_class_grid") == [10, 50, 150]
     assert parse_grid(None, float, "tau_grid") == []
     from ghns.errors import ConfigError
@@ -96,10 +99,18 @@ def test_study_on_the_tiny_run(cli, tiny_run, tmp_path):
     assert [g["per_class"] for g in result["grid"]] == [5, 2] or {g["per_class"] for g in result["grid"]} == {2, 5}
     assert (out / "study.png").stat().st_size > 0 and "paired difference" in stdout
     jobs = sorted(p.name for p in (out / "jobs").glob("*/*.npz"))
-    assert len(jobs) == 2 + 2 * 2  # without x 2 seeds, with x 2 settings x 2 seeds
+    assert len(jobs) == 2 + 2 * 2 + 2  # without x 2 seeds, with x 2 settings x 2 seeds, mined x 2
+    # the contract: each arm against "without", top-1 and the near-miss AUROC (synthetic)
+    for arm in ("generated", "mined"):
+        for metric in ("parts", "fused", "near_miss_auroc"):
+            v = result["vs_without"][arm][metric]
+            assert v["ci95"][0] <= v["mean"] <= v["ci95"][1]
+        assert "open_set_auroc" not in result["vs_without"][arm]  # no held-out classes: absent
+    for per_seed in result["rejection"]["without"]["near_miss_auroc"].values():
+        assert len(per_seed) == 2 and all(0 <= a <= 1 for a in per_seed)
     # resumable: a second call trains nothing and gives the same result
     code, _, err = cli("study", "--run-dir", tiny_run, "--seeds", "2", "--per-class-grid", "2,5", "--out", out)
-    assert code == 0 and "all 6 classifiers trained already" in err
+    assert code == 0 and "all 8 classifiers trained already" in err
     assert json.loads((out / "study.json").read_text())["arms"] == result["arms"]
     code, _, err = cli("study", "--run-dir", tiny_run, "--seeds", "1")
     assert code == 2 and "--seeds" in err

@@ -156,3 +156,32 @@ def stratified_holdout(rows: pd.DataFrame, fraction: float, seed: int,
             moved.extend(group["image_id"].to_numpy()[rng.permutation(n)[:k]].tolist())
     rows.loc[rows["image_id"].isin(moved), "split"] = target
     return rows
+
+
+def open_set_classes(names: list[str], k: int) -> list[str]:
+    """The ``k`` classes held out as unknown (open set): the names with the smallest CRC-32 of
+    their UTF-8 bytes (ties by name), a fixed rule that needs no seed and no dataset name, and
+    whose first k of a larger k are the set for k. At least two classes must stay known."""
+    if k <= 0:
+        return []
+    if k > len(names) - 2:
+        raise DataError(f"--open-set-classes {k} leaves fewer than 2 of {len(names)} classes to train on")
+    return sorted(sorted(set(names)), key=lambda n: zlib.crc32(n.encode()))[:k]
+
+
+def hold_out_classes(rows: pd.DataFrame, classes: list[str] | None, k: int
+                     ) -> tuple[pd.DataFrame, list[str] | None, dict[str, Any] | None]:
+    """``rows`` less the images of the ``open_set_classes`` (every split), the class list less
+    them, and the catalog's ``unknown["open_set"]`` entry (rule, classes, their images' paths,
+    class names and splits: a held-out class's test images are unknowns of test, its other
+    images unknowns of val, where choices are made); unchanged with ``k == 0``."""
+    if k <= 0:
+        return rows, classes, None
+    held = open_set_classes(sorted(set(rows["class_name"])), k)
+    out = rows["class_name"].isin(held).to_numpy()
+    images = rows.loc[out, ["path", "class_name", "split"]].copy()
+    images["split"] = np.where(images["split"] == "test", "test", "val")  # their train images: val
+    entry = {"rule": f"the {k} class names with the smallest CRC-32; their test images test, the "
+                     "rest val", "classes": held, "images": images.to_dict("records")}
+    kept = None if classes is None else [c for c in classes if c not in set(held)]
+    return rows.loc[~out].reset_index(drop=True), kept, entry

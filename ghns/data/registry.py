@@ -44,7 +44,7 @@ def get_reader(name: str) -> Reader:
 
 def build_catalog(cfg: Config, progress: bool = True):
     """Read ``cfg.dataset`` at ``cfg.root``, drop unusable images (counted), carve val."""
-    from ghns.data.catalog import make_catalog, stratified_holdout, val_share
+    from ghns.data.catalog import hold_out_classes, make_catalog, stratified_holdout, val_share
     from ghns.data.images import verify_images
 
     reader = get_reader(cfg.dataset)
@@ -66,6 +66,11 @@ def build_catalog(cfg: Config, progress: bool = True):
                     cfg.dataset, report.duplicates_across_splits)
     if rows.empty:
         raise DataError(f"{cfg.dataset}: every image under {root} was unusable ({report.summary()})")
+    rows, classes, open_set = hold_out_classes(rows, classes, cfg.open_set_classes)
+    if open_set is not None:
+        info.setdefault("unknown", {})["open_set"] = open_set
+        log.info("%s: %d classes held out as unknown (%d images): %s", cfg.dataset,
+                 len(open_set["classes"]), len(open_set["images"]), ", ".join(open_set["classes"]))
     if "val" not in set(rows["split"]):
         share = val_share(cfg.val_fraction, cfg.min_val_images, int((rows["split"] == "train").sum()))
         rows = stratified_holdout(rows, share, cfg.seed, "train", "val")

@@ -11,6 +11,10 @@ boxes are exact (they come from the drawn polygons), so localization can be meas
 Nothing is shipped as files: ``render_dataset`` draws the images into a folder (PNG, lossless) on
 first use, and the ``synthetic`` reader reads them back like any other dataset. The same spec and
 seed give the same pixels and boxes.
+
+Near misses (``render_near_misses``): objects whose part combination is no class, one part
+changed from a real class's, drawn like every other image; the classifiers never train on them,
+and ``ghns evaluate`` reports how well their confidence tells them from known test images.
 """
 
 from __future__ import annotations
@@ -263,6 +267,59 @@ def image_rng(seed: int, class_index: int, image_index: int) -> np.random.Genera
     return np.random.default_rng([seed, class_index, image_index])
 
 
+# -- near misses: objects whose part combination is no class ------------------------------------
+
+NEAR_MISS_STREAM = 1000  # image_rng's class slot for near misses: far above any class index (< 64)
+
+
+def near_miss_attributes(classes: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], int, int]]:
+    """Every (triple, class index, part) where ``triple`` is no class of ``classes`` and differs
+    from class ``class index`` in exactly ``part``: a real class with one part changed. In order of
+    class, part, variant (deterministic)."""
+    known = set(classes)
+    out = []
+    for c, attrs in enumerate(classes):
+        for part, variants in enumerate(VARIANTS):
+            for v in range(len(variants)):
+                triple = tuple(v if k == part else a for k, a in enumerate(attrs))
+                if triple not in known:
+                    out.append((triple, c, part))
+    return out
+
+
+def render_near_misses(folder: Path, spec: SyntheticSpec, count: int, progress: bool = True) -> pd.DataFrame:
+    """``count`` near-miss images (``near_miss_attributes`` of the spec's classes, taken in turn
+    from a seeded shuffle, every one drawn as usual: pose, colours, clutter) under
+    ``<folder>/near-miss/``, rendered once (an annotations file written last marks them done).
+    Rows: ``path`` (absolute), ``class_name`` (the triple's name: no class), ``source_class`` (the
+    class it differs from), ``changed_part``."""
+    from tqdm.auto import tqdm
+
+    out_dir = folder / "near-miss"
+    ann_path = out_dir / f"near-miss-{count}.parquet"
+    if ann_path.is_file():
+        df = pd.read_parquet(ann_path)
+        df["path"] = [str(out_dir / p) for p in df["path"]]
+        return df
+    classes = class_attributes(spec.classes)
+    pool = near_miss_attributes(classes)
+    order = np.random.default_rng([spec.seed, NEAR_MISS_STREAM]).permutation(len(pool))
+    rows = []
+    for i in tqdm(range(count), desc="rendering near misses", unit="img", disable=not progress, leave=False):
+        triple, source, part = pool[order[i % len(pool)]]
+        out = render_image(triple, spec.image_size, image_rng(spec.seed, NEAR_MISS_STREAM, i))
+        rel = Path("images") / f"{i:04d}.png"
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        out.image.save(out_dir / rel)
+        rows.append({"path": str(rel), "class_name": class_name(triple),
+                     "source_class": class_name(classes[source]), "changed_part": PART_NAMES[part]})
+    df = pd.DataFrame(rows)
+    with atomic_path(ann_path) as tmp:
+        df.to_parquet(tmp, index=False)
+    df["path"] = [str(out_dir / p) for p in df["path"]]
+    return df
+
+
 def render_dataset(folder: Path, spec: SyntheticSpec, progress: bool = True) -> Path:
     """Render ``spec`` into ``folder`` (images/<class>/<n>.png + annotations.parquet).
 
@@ -320,4 +377,12 @@ def read_synthetic(root: Path | None, cfg=None) -> ReaderResult:
     attrs = class_attributes(spec.classes)
     info = {"root": str(folder), "part_names": list(PART_NAMES),
             "class_attributes": {class_name(a): list(a) for a in attrs}, "spec": asdict(spec)}
+    near = int(getattr(cfg, "synthetic_near_misses", 0) or 0)
+    if near > 0:  # images the classifiers should reject: a real class with one part changed
+        misses = render_near_misses(folder, spec, near)
+        misses["split"] = np.where(np.arange(len(misses)) % 2 == 0, "val", "test")
+        info["unknown"] = {"near_miss": {
+            "rule": "a class's head, body or tail changed to a variant that makes no class; "
+                    "even-numbered images val, odd test",
+            "images": misses[["path", "class_name", "split"]].to_dict("records")}}
     return ReaderResult(df, [class_name(a) for a in attrs], info)

@@ -14,6 +14,7 @@ import torch
 
 from ghns.data.catalog import Catalog
 from ghns.fusion import Fusion, choose_fusion, confused_pairs, topk_accuracy
+from ghns.rejection import REJECT_ACCEPT, confidence, reject_threshold
 from ghns.rundir import RunDir, atomic_path, atomic_write_text
 from ghns.stages import stage_runner
 
@@ -161,6 +162,9 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
         "fusion_val_test_gap": round(full["val_top1"] - full["top1"], 2),
         "table6": table6,
         "parts_without_negatives": rows["parts_noneg"],
+        # ghns predict --reject: "none of these" below the fused score that 95% of known val images reach
+        "reject_threshold": {"fused": round(reject_threshold(confidence(
+            Fusion.from_dict(full)([val[n] for n in main]))), 6), "accept_val": REJECT_ACCEPT},
     }
     ensemble = [n for n in scores["test"] if n.startswith("original_seed")]
     if ensemble:
@@ -176,6 +180,33 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
         report["hard_negatives"] = {"kept": gen["kept"], "per_class": gen["per_class"],
                                     "tau": gen["settings"]["tau"], "pass_rate": gen["pass_rate"]}
     return report
+
+
+def rejection_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]],
+                     report: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+    """AUROC of known test images against each unknown set (``ghns.rejection``) for the parts
+    classifier and the fused prediction, with and without hard negatives."""
+    from ghns.rejection import compute_inputs, confidences, parts_scores_fn, rejection_figures
+    from ghns.stage3.parts import load_parts_classifier
+    from ghns.stage3.stage import model_names
+
+    stamp = {**scores_stamp(run, model_names(cfg)), "kind": "rejection"}
+    inputs = compute_inputs(run, catalog, stamp, force, progress=not cfg.quiet)
+    if inputs is None:
+        return None
+    val = scores["val"]
+    out: dict[str, Any] = {}
+    for name, key in (("parts", "with_negatives"), ("parts_noneg", "without_negatives")):
+        fusion = choose_fusion([val["original"], val["object"], val[name]], val["label"], cfg.fusion_rule,
+                               cfg.fusion_step) if name != "parts" else Fusion.from_dict(report["table6"]["original + object + parts"])
+        conf = confidences(inputs, parts_scores_fn(load_parts_classifier(run.train_final / f"{name}.pt")), fusion)
+        out[key] = rejection_figures(conf)
+    out["method"] = "maximum softmax score; AUROC of known test images against each unknown set"
+    for kind, fig in out["with_negatives"].items():
+        log.info("evaluate: %s AUROC (known test vs %d unknown): parts %.4f, fused %.4f (without hard "
+                 "negatives %.4f, %.4f)", kind, fig["images"], fig["auroc"]["parts"], fig["auroc"]["fused"],
+                 out["without_negatives"][kind]["auroc"]["parts"], out["without_negatives"][kind]["auroc"]["fused"])
+    return out
 
 
 def stage_seconds(run: RunDir) -> dict[str, float]:
@@ -241,6 +272,9 @@ def run_evaluate(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> d
     with run.stage("evaluate", fp):  # committed only once every file below is in place
         scores = compute_scores(cfg, run, catalog, force)
         report = build_report(cfg, run, catalog, scores)
+        rejection = rejection_report(cfg, run, catalog, scores, report, force)
+        if rejection:
+            report["rejection"] = rejection
         report["seconds"]["evaluate"] = round(time.perf_counter() - start, 3)
         confusion_figure(report, run.figures / "confused_pairs.png")
         atomic_write_text(run.report_md, render_markdown(report))

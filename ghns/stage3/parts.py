@@ -3,7 +3,15 @@
 ``lambda_p * L_cls + (1 - lambda_p) * L_quad``: quadruplets (r, p, n+, n) take p and n as the
 hardest positive and negative of r in the batch and n+ as a generated hard negative of r's class
 (one made from r itself when the bank has one). With ``use_negatives=False`` the n+ term is
-removed: a triplet (r, p, n) with margin m1, the control arm.
+removed: a triplet (r, p, n) with margin m1, the control arm. With ``source="mined"`` n+ is not
+generated but mined among the batch's real images (``ghns.losses.mined_negatives``): the paper's
+claim that generated negatives beat mined ones is then a comparison of two arms of one loop.
+
+Beyond the quadruplet, a generated n+ can enter the loss through its own logits
+(``negative_logits``): "not this class" (``-log(1 - p_c)``, c the class it was made from) or
+outlier exposure (cross-entropy to the uniform distribution), weighted by
+``negative_logits_weight``. A real image's features cannot tell the classifier that a set of parts
+is *no* class; only a negative can, so this is where a composite carries what real data does not.
 
 One function trains one classifier (``fit_parts_classifier``); the stage-3 Ray Train loop and the
 study's loop (``ghns study``: many seeds and arms in one Ray Train run) both call it, so the two
@@ -20,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ghns.losses import parts_metric_loss
+from ghns.losses import mined_metric_loss, not_class_loss, parts_metric_loss, uniform_loss
 from ghns.models.classifiers import PartsClassifier
 from ghns.sampling import pk_batches
 from ghns.train.epochs import LOCAL, Evaluation, Host, KeepBest, Training, run_epochs
@@ -110,6 +118,9 @@ class PartsSettings:
     negatives_per_anchor: int = 1
     replace_start_p: float = 1.0
     patience: int = 0
+    parts_keep: str = "better"
+    negative_logits: str = "none"
+    negative_logits_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
@@ -128,6 +139,8 @@ class PartsSettings:
                          lr_gamma=self.lr_gamma)
 
 
+SOURCES = ("generated", "mined")
+NEGATIVE_LOGITS = ("none", "not_class", "uniform")
 FORMAT = 2  # checkpoints of format 1 (a 128-d projection from scratch) predate LP-FT
 
 
@@ -154,7 +167,7 @@ def load_parts_classifier(path: Path) -> PartsClassifier:
 
 
 def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSettings,
-                         num_classes: int, seed: int, use_negatives: bool, *,
+                         num_classes: int, seed: int, use_negatives: bool, *, source: str = "generated",
                          device: torch.device = torch.device("cpu"), rank: int = 0,
                          wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
                          all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
@@ -167,14 +180,18 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
     that does not beat the probe on val keeps the probe. The epochs run in
     ``ghns.train.epochs.run_epochs`` on ``host`` (a Ray Train worker's context: resume and
     reporting; a plain process by default); ``wrap`` (DDP) and ``all_reduce`` (metrics over
-    workers) default to a single process."""
+    workers) default to a single process. ``source`` says where n+ comes from when
+    ``use_negatives``: "generated" (``bank``) or "mined" (the batch's real images; ``bank`` unused)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown negative source {source!r}; expected one of {SOURCES}")
     torch.manual_seed(seed + rank)
-    bank = bank if use_negatives else NegativeBank.empty(data.train_x.shape[1])
+    mined = use_negatives and source == "mined"
+    bank = bank if use_negatives and not mined else NegativeBank.empty(data.train_x.shape[1])
     model = build_parts_classifier(data, settings, num_classes)
     model.start_from(probe if probe is not None else parts_probe(data, num_classes))
     model.to(device)
     opt, sched = settings.optim().build([p for p in model.parameters() if p.requires_grad])
-    best = KeepBest(settings.replace_start_p, settings.patience)
+    best = KeepBest(settings.replace_start_p, settings.patience, settings.parts_keep)
     t = Training(model, opt, sched, Streams(seed * 1000 + rank), best)
     net = wrap(model)
 
@@ -184,9 +201,9 @@ def fit_parts_classifier(data: PartsData, bank: NegativeBank, settings: PartsSet
 
     run_epochs(host, t, settings.parts_epochs,
                lambda: _parts_classifier_epoch(data, bank, settings, net, opt, t.streams, device,
-                                               common_steps, all_reduce),
+                                               common_steps, all_reduce, mined),
                evaluate, old_seed=lambda start: seed * 1000 + rank + 17 * start,
-               extra={"bank_size": len(bank)})
+               extra={"bank_size": len(bank), "negatives": source if use_negatives else "none"})
     return model.eval(), best
 
 
@@ -208,9 +225,10 @@ def draw_negatives(bank: NegativeBank, batch: np.ndarray, ids: np.ndarray, label
 
 def _parts_classifier_epoch(data: PartsData, bank: NegativeBank, settings: PartsSettings, net, opt,
                             streams, device: torch.device, common_steps: Callable[[int], int],
-                            all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-    """One epoch of Eq. 10 on P-K batches, each anchor's n+ from the bank; the mean losses over
-    workers."""
+                            all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                            mined: bool = False) -> dict[str, float]:
+    """One epoch of Eq. 10 on P-K batches, each anchor's n+ from the bank (or, ``mined``, from the
+    batch), plus the negatives' logit term where set; the mean losses over workers."""
     lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
     train_y = data.train_y
     net.train()
@@ -223,11 +241,20 @@ def _parts_classifier_epoch(data: PartsData, bank: NegativeBank, settings: Parts
         x = data.train_x[idx]
         if len(rows):
             x = torch.cat([x, bank.x[rows]])
-        f, logits = net(x.to(device))
-        f_real, logits = f[: len(idx)], logits[: len(idx)]
+        f, all_logits = net(x.to(device))
+        f_real, logits = f[: len(idx)], all_logits[: len(idx)]
         l_cls = F.cross_entropy(logits, y)
-        l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, settings.negatives_per_anchor)
+        if mined:
+            l_metric = mined_metric_loss(f_real, y, m1, m2)
+        else:
+            l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, settings.negatives_per_anchor)
         loss = lam * l_cls + (1 - lam) * l_metric
+        if len(rows) and settings.negative_logits != "none" and settings.negative_logits_weight > 0:
+            neg_logits = all_logits[len(idx):]
+            made_from = y[torch.from_numpy(pos).to(device)]
+            l_neg = (not_class_loss(neg_logits, made_from) if settings.negative_logits == "not_class"
+                     else uniform_loss(neg_logits))
+            loss = loss + settings.negative_logits_weight * l_neg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

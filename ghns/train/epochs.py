@@ -71,13 +71,24 @@ class KeepBest:
 
     ``patience``: training stops once that many epochs in a row have not replaced the kept
     weights (0: never early). On a val split every fine-tuned epoch of the README runs lost to
-    its probe start (synthetic and CUB-50), and the epochs after the first few only cost time."""
+    its probe start (synthetic and CUB-50), and the epochs after the first few only cost time.
 
-    def __init__(self, replace_start_p: float = 1.0, patience: int = 0) -> None:
+    ``start="not_worse"`` turns the burden of proof around: the first fine-tuned epoch replaces
+    the start unless the start beats it beyond chance on val (the same sign test, the other way);
+    later epochs compete on val accuracy as usual (and must not lose to the start beyond chance
+    either). Training whose purpose val accuracy cannot see (a loss on generated negatives that
+    aims at rejecting near misses, not at top-1) then reaches the model it trains."""
+
+    STARTS = ("better", "not_worse")
+
+    def __init__(self, replace_start_p: float = 1.0, patience: int = 0, start: str = "better") -> None:
+        if start not in self.STARTS:
+            raise ValueError(f"unknown start rule {start!r}; expected one of {self.STARTS}")
         self.acc, self.epoch = float("-inf"), -1
         self.state: dict[str, torch.Tensor] | None = None
         self.replace_start_p = replace_start_p
         self.patience = patience
+        self.start_rule = start
         self.start_correct: torch.Tensor | None = None
 
     def stalled(self, epoch: int) -> bool:
@@ -93,6 +104,8 @@ class KeepBest:
         from ghns.stats import sign_test_greater
 
         new, old = correct.bool(), self.start_correct
+        if self.start_rule == "not_worse":  # replaced unless the start is better beyond chance
+            return sign_test_greater(int((old & ~new).sum()), int((new & ~old).sum())) > self.replace_start_p
         p = sign_test_greater(int((new & ~old).sum()), int((old & ~new).sum()))
         return p <= self.replace_start_p
 
@@ -105,6 +118,8 @@ class KeepBest:
             self.start_correct = correct.bool().clone()
         elif not self.beats_start(correct):
             return
+        elif self.start_rule == "not_worse" and self.epoch < 0:
+            self.acc = float("-inf")  # the start holds only until an epoch that is not worse
         if acc > self.acc:
             self.acc, self.epoch = acc, epoch
             self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -295,7 +295,8 @@ class StudySpec(Spec):
     embeddings: str
     jobs_dir: str
     num_classes: int
-    jobs: list = field(default_factory=list)  # [{"name", "seed", "bank": None | {...}}]
+    jobs: list = field(default_factory=list)  # [{"name", "seed", "arm", "bank": None | {...}}]
+    rejection: str | None = None  # part embeddings of the rejection images (ghns.rejection), if any
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySpec":

@@ -87,3 +87,29 @@ def test_val_share_rises_to_hold_min_images_up_to_a_quarter(fraction, min_images
     assert got == share
     if 0 < fraction and min_images and got < MAX_RAISED_VAL_SHARE:
         assert got * n_train >= min(min_images, n_train) - 1e-9  # brute force: it does hold them
+
+
+def test_open_set_classes_by_the_crc32_rule_and_their_images_held_out():
+    import zlib
+
+    from ghns.data.catalog import hold_out_classes, open_set_classes
+
+    names = [f"{i:03d}.Species_{i}" for i in range(12)]
+    by_crc = sorted(names, key=lambda n: zlib.crc32(n.encode()))
+    assert open_set_classes(names, 3) == by_crc[:3]
+    assert open_set_classes(list(reversed(names)), 3) == by_crc[:3]  # order of the input is no matter
+    assert open_set_classes(names, 5)[:3] == open_set_classes(names, 3)  # nested
+    assert open_set_classes(names, 0) == []
+    with pytest.raises(DataError, match="fewer than 2"):
+        open_set_classes(names, 11)
+    rows = pd.DataFrame({"image_id": range(48), "path": [f"/d/{i}.jpg" for i in range(48)],
+                         "class_name": [names[i % 12] for i in range(48)],
+                         "split": ["train", "test"] * 24})
+    kept, classes, entry = hold_out_classes(rows, names, 3)
+    held = set(by_crc[:3])
+    assert not set(kept["class_name"]) & held and len(kept) == 36
+    assert classes == [c for c in names if c not in held]
+    assert entry is not None and entry["classes"] == by_crc[:3] and len(entry["images"]) == 12
+    assert {r["class_name"] for r in entry["images"]} == held
+    same, cls, none = hold_out_classes(rows, None, 0)
+    assert same is rows and cls is None and none is None

@@ -88,3 +88,39 @@ def test_catalog_has_ground_truth_boxes(tmp_path):
 def test_too_many_classes_is_refused():
     with pytest.raises(ValueError, match="1..64"):
         class_attributes(65)
+
+
+def test_near_misses_are_no_class_and_one_part_from_their_source(tmp_path):
+    from ghns.data.synthetic import near_miss_attributes, render_near_misses
+
+    classes = class_attributes(20)
+    pool = near_miss_attributes(classes)
+    assert pool and len(set(t for t, _, _ in pool)) > 20
+    for triple, source, part in pool:
+        assert triple not in classes
+        diff = [a != b for a, b in zip(triple, classes[source])]
+        assert diff == [k == part for k in range(3)]
+    spec = SyntheticSpec(classes=20, per_class=4, image_size=48, seed=0)
+    first = render_near_misses(tmp_path, spec, 12, progress=False)
+    names = {class_name(a) for a in classes}
+    assert len(first) == 12 and not set(first["class_name"]) & names
+    assert set(first["changed_part"]) <= set(PART_NAMES)
+    again = render_near_misses(tmp_path, spec, 12, progress=False)  # reused, same files
+    assert again["path"].tolist() == first["path"].tolist()
+    other = render_near_misses(tmp_path / "b", spec, 12, progress=False)  # rendered anew: same pixels
+    for a, b in zip(first["path"], other["path"]):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_the_synthetic_catalog_names_its_near_misses_and_trains_on_none(tmp_path):
+    cfg = Config(root=str(tmp_path), synthetic_classes=4, synthetic_per_class=8, synthetic_image_size=48,
+                 synthetic_near_misses=10, verify_images="header")
+    catalog = build_catalog(cfg, progress=False)
+    near = catalog.info["unknown"]["near_miss"]["images"]
+    assert len(near) == 10
+    assert not {r["path"] for r in near} & set(catalog.table["path"])
+    assert not {r["class_name"] for r in near} & set(catalog.classes)
+    none = build_catalog(Config(root=str(tmp_path), synthetic_classes=4, synthetic_per_class=8,
+                                synthetic_image_size=48, synthetic_near_misses=0, verify_images="header"),
+                         progress=False)
+    assert "unknown" not in none.info and none.table.equals(catalog.table)

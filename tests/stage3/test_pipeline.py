@@ -81,3 +81,55 @@ def test_a_fusion_change_reuses_the_cached_scores(finished, tmp_path, cli):
     assert abs(sum(report["fusion"]["weights"]) - 1) < 1e-9
     assert "scores of these classifiers are cached" in err
     assert {s: (run / "scores" / f"{s}.npz").stat().st_mtime_ns for s in ("val", "test")} == before
+
+
+def test_rejection_figures_recomputed_from_the_cached_inputs(finished):
+    """report.json's near-miss AUROC equals a direct computation from the cached inputs, the
+    saved parts classifier and the reported fusion; the threshold accepts 95% of known val."""
+    import numpy as np
+
+    from ghns.fusion import Fusion
+    from ghns.stage3.parts import load_parts_classifier
+    from ghns.stats import auroc
+
+    report = json.loads((finished / "report.json").read_text())
+    rej = report["rejection"]["with_negatives"]["near_miss"]
+    assert rej["images"] == 8 and rej["known_images"] == report["test_images"]  # odd-numbered of 16
+    assert set(rej["val_auroc"]) == {"parts", "fused"}
+    flat = dict(np.load(finished / "rejection" / "inputs.npz"))
+    model = load_parts_classifier(finished / "train-final" / "parts.pt")
+    fusion = Fusion.from_dict(report["table6"]["original + object + parts"])
+    conf = {}
+    for name in ("known", "near_miss"):
+        emb = flat[f"{name}/embeddings"]
+        import torch
+
+        with torch.no_grad():
+            p = model(torch.from_numpy(emb.reshape(len(emb), -1)))[1].softmax(1).numpy()
+        fused = fusion([flat[f"{name}/original"], flat[f"{name}/object"], p])
+        conf[name] = (p.max(1), fused.max(1))
+    assert rej["auroc"]["parts"] == pytest.approx(auroc(conf["known"][0], conf["near_miss"][0]), abs=1e-4)
+    assert rej["auroc"]["fused"] == pytest.approx(auroc(conf["known"][1], conf["near_miss"][1]), abs=1e-4)
+    # the reject threshold: chosen on known val scores alone (the pipeline's own val scores)
+    val = dict(np.load(finished / "scores" / "val.npz"))
+    fused_val = fusion([val["original"], val["object"], val["parts"]]).max(1)
+    assert (fused_val >= report["reject_threshold"]["fused"]).mean() >= 0.95
+
+
+def test_predict_reject_answers_none_of_these_below_the_threshold(finished, cli, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("ray", "trunks"))
+    from ghns.data.catalog import Catalog
+
+    image = Catalog.read(run / "catalog.parquet").split("test")["path"].iloc[0]
+    report = json.loads((run / "report.json").read_text())
+    for threshold, rejected in ((1.01, True), (0.0, False)):
+        report["reject_threshold"]["fused"] = threshold
+        (run / "report.json").write_text(json.dumps(report))
+        code, out, err = cli("predict", "--run-dir", run, "--reject", image)
+        assert code == 0, err
+        assert ("none of these" in out) == rejected
+    code, out, _ = cli("predict", "--run-dir", run, image)  # without --reject: never
+    assert code == 0 and "none of these" not in out
