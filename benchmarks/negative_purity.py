@@ -8,7 +8,9 @@ only, never by ghns) and reports:
 
 * ``bank``: kept negatives; ``pure`` (every swapped part of another variant than the reference's:
   the generator's own purity), ``no_class`` (the set's combination of variants is no class's at
-  all: a near miss) and ``other_class`` (pure, but exactly another class's combination);
+  all: a near miss) and ``other_class`` (pure, but exactly another class's combination); how well
+  FilterNet's score of the reference class (what tau thresholds) tells no-class sets from the
+  rest (AUROC), and the no-class share of the sets that a higher tau would keep;
 * ``oe``: the parts classifier trained as ``ghns study``'s arms train it (head on the frozen
   stage-1 embeddings, ``--parts-keep not_worse``, ``--negative-logits uniform``) with the outlier
   term on (a) no negative at all, (b) the whole bank, (c) only its ``no_class`` sets (an oracle
@@ -101,11 +103,16 @@ def main() -> None:
                       "near_miss_auroc_val": round(float(r[:, 1].mean()), 4),
                       "parts_top1": round(float(r[:, 2].mean()), 2)}
         print(json.dumps({name: arms[name]}), flush=True)
+    score = meta["score"].to_numpy()  # FilterNet's score of the reference class (tau's measure)
+    by_tau = {f"{t:g}": {"kept": int((score >= t).sum()), "no_class": round(float((~is_class[score >= t]).mean()), 4)}
+              for t in (0.5, 0.7, 0.9, 0.95) if (score >= t).any()}
     print(json.dumps({"run": str(run), "seeds": args.seeds, "weight": args.weight, "patience": args.patience,
                       "bank": {"kept": n, "pure": round(float(pure.mean()), 4),
                                "no_class": round(float((~is_class).mean()), 4),
                                "other_class": round(float((pure & is_class).mean()), 4),
-                               "reference_class": round(float((~pure).mean()), 4)},
+                               "reference_class": round(float((~pure).mean()), 4),
+                               "filternet_score_auroc_no_class": round(auroc(score[~is_class], score[is_class]), 4),
+                               "at_tau": by_tau},
                       "oe": arms}))
 
 

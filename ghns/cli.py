@@ -278,13 +278,18 @@ def study(cfg: Config,
                                                        "(the paper's Fig. 4)."),
           out: Optional[str] = typer.Option(None, "--out", help="Study folder (default: "
                                             "<run-dir>/study)."),
+          train_per_class: int = typer.Option(0, "--train-per-class", min=0, help="Train the parts "
+                                              "classifiers on at most this many images per class "
+                                              "(0 = all): the data-scarce setting."),
           force: bool = typer.Option(False, "--force", help="Start the study over.")) -> None:
-    """Do the hard negatives help? The parts classifier with and without them over seeds, alone
-    and fused, with paired 95% intervals and McNemar; study.json / study.md / study.png."""
+    """Do the hard negatives help? The parts classifier without negatives, with generated ones and
+    with mined ones over seeds, alone and fused: top-1 and near-miss / open-set AUROC with paired
+    95% intervals (and McNemar); study.json / study.md / study.png."""
     from ghns.study import parse_grid, run_study
 
     result = run_study(cfg, seeds, parse_grid(tau_grid, float, "tau_grid"),
-                       parse_grid(per_class_grid, int, "per_class_grid"), out=out, force=force)
+                       parse_grid(per_class_grid, int, "per_class_grid"), out=out, force=force,
+                       train_per_class=train_per_class)
     folder = Path(out) if out else Path(cfg.run_dir) / "study"
     typer.echo((folder / "study.md").read_text().rstrip())
     typer.echo(f"(study: {folder / 'study.json'}, {folder / 'study.png'})")

@@ -1,5 +1,11 @@
 """``ghns study``: do the generated hard negatives help? The instrument, with error bars.
 
+Arms (``ARMS``): **without** (the triplet (r, p, n)), **generated** (the quadruplet with the
+bank's n+, and ``--negative-logits`` where set; "with" in ``arms``) and **mined** (the quadruplet
+with n+ and n mined among the batch's real images, ``ghns.losses.mined_negatives``). Where the run
+has unknown images (``ghns.rejection``: synthetic near misses, held-out classes), every arm is also
+scored on how well its maximum softmax score tells known test images from them (AUROC).
+
 For one finished run, the study trains the stage-3 parts classifier in two arms, **with** the n+
 term of the quadruplet loss (Eq. 9-10, the generator's bank) and **without** it (the triplet
 (r, p, n) with margin m1), for each of ``--seeds`` seeds, on the run's stage-1 embeddings (seconds
@@ -23,6 +29,15 @@ Contract (read by other tools): ``study/study.json`` has ``{"seeds": [...], "arm
 {"parts": [per seed], "fused": [per seed]}, "without": {...}}, "paired": {"parts": {"mean",
 "ci95": [lo, hi], "mcnemar_p"}, "fused": {...}}}`` (test top-1, percent), plus ``summary``,
 ``grid``, ``confused_pairs`` and ``settings``; ``study.md`` and ``study.png`` show the same.
+Beside them, ``"vs_without": {ARM: {METRIC: {"mean", "ci95": [lo, hi]}}}`` for ARM in
+``generated``, ``mined`` and METRIC in ``parts``, ``fused`` (top-1, points; two-way bootstrap),
+``near_miss_auroc`` / ``open_set_auroc`` (the fused prediction's AUROC, in [0, 1]; paired
+bootstrap over seeds, known and unknown images: ``ghns.stats.paired_auroc_bootstrap``) and the
+same of the parts classifier alone (``near_miss_auroc_parts``, ...); a metric the run cannot have
+is absent. ``rejection`` holds each arm's per-seed AUROCs, on test and on val (``..._val``), and
+``train_per_class`` the data-scarce cap (null: every train image). The arm ``generated_online``
+of issue 34 (n+ recomposed from part networks that stage 3 trains) is not built: with frozen part
+networks it would equal ``generated``.
 """
 
 from __future__ import annotations
@@ -104,6 +119,17 @@ def plan(seeds: list[int], banks: list[BankSpec], mined: bool = True) -> list[Jo
     return jobs
 
 
+def per_class_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of at most ``n`` rows per class, drawn without replacement by
+    ``np.random.default_rng([seed, class])`` (the same rows for every arm and training seed, so
+    the arms stay paired; the first ``n`` of a draw for more)."""
+    rows = []
+    for c in np.unique(labels):
+        where = np.nonzero(labels == c)[0]
+        rows.append(where[np.random.default_rng([seed, int(c)]).permutation(len(where))[:n]])
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
 # -- the Ray Train loop ------------------------------------------------------------------------
 
 def study_loop(config: dict[str, Any]) -> None:
@@ -115,6 +141,9 @@ def study_loop(config: dict[str, Any]) -> None:
 
     spec, ctx = StudySpec.of(config), WorkerContext(config)
     data = PartsData.read(Path(spec.embeddings))
+    if spec.train_per_class:
+        keep = per_class_subset(data.train_y.numpy(), spec.train_per_class)
+        data.train_x, data.train_y, data.train_ids = data.train_x[keep], data.train_y[keep], data.train_ids[keep]
     meta, emb = read_embeddings(Path(spec.embeddings))
     evaluated = meta["split"].isin(["val", "test"]).to_numpy()
     eval_ids, eval_sets = meta["image_id"].to_numpy()[evaluated], emb[evaluated]
@@ -152,13 +181,18 @@ def study_loop(config: dict[str, Any]) -> None:
 @holds_run_lock
 def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
               per_class_grid: list[int] | None = None, out: str | None = None,
-              force: bool = False) -> dict[str, Any]:
-    """Run the study over ``cfg.run_dir`` (running what it needs first); returns study.json."""
+              force: bool = False, train_per_class: int = 0) -> dict[str, Any]:
+    """Run the study over ``cfg.run_dir`` (running what it needs first); returns study.json.
+    ``train_per_class``: the parts classifiers (every arm) see at most that many train images
+    per class (0: all), the data-scarce setting; the run's original and object classifiers, which
+    the fused figures use, stay as trained."""
     from ghns.data.catalog import Catalog
     from ghns.pipeline import run_until
 
     if seeds < 2:
         raise ConfigError(f"'seeds' must be >= 2 (an interval needs several seeds), got {seeds}")
+    if train_per_class < 0:
+        raise ConfigError(f"'train_per_class' must be >= 0 (0 = every train image), got {train_per_class}")
     run = RunDir(cfg.run_dir)
     if "evaluate" not in run.stages() or not (run.scores / "test.npz").is_file():
         run_until(cfg, "evaluate")
@@ -177,6 +211,7 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     parts = _parts_config(cfg)
     rejection = _rejection_inputs(cfg, run, catalog)
     digest = _digest({"parts": parts, "inputs": _embeddings_stamp(run),
+                      **({"train_per_class": train_per_class} if train_per_class else {}),
                       **({"rejection": sorted(rejection)} if rejection else {})})
     jobs_dir = folder / "jobs" / digest
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -192,13 +227,15 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     if todo:
         log.info("study: %d of %d classifiers to train (%d seeds, %d bank setting(s), arms %s)",
                  len(todo), len(jobs), seeds, len(banks), ", ".join(ARMS))
-        _train_jobs(cfg, run, todo, folders, jobs_dir, parts, len(catalog.classes), digest, rejection_file)
+        _train_jobs(cfg, run, todo, folders, jobs_dir, parts, len(catalog.classes), digest, rejection_file,
+                    train_per_class)
     else:
         log.info("study: all %d classifiers trained already", len(jobs))
     scores = {j.name: dict(np.load(jobs_dir / f"{j.name}.npz")) for j in jobs}
     run_scores = {s: dict(np.load(run.scores / f"{s}.npz")) for s in ("val", "test")}
     result = summarize_study(scores, run_scores, seed_list, banks, main_bank, catalog.classes,
                              cfg.fusion_rule, cfg.fusion_step, rejection=rejection)
+    result["train_per_class"] = train_per_class or None
     result["settings"] = {"run_dir": str(run.path), "parts": parts, "banks": {
         b.key: {"tau": b.tau, "per_class": b.per_class, "folder": str(folders[b.key])} for b in banks},
         "jobs": str(jobs_dir), "seconds_training": round(time.perf_counter() - start, 1)}
@@ -265,7 +302,8 @@ def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) 
 
 
 def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
-                parts: dict[str, Any], num_classes: int, digest: str, rejection: Path | None = None) -> None:
+                parts: dict[str, Any], num_classes: int, digest: str, rejection: Path | None = None,
+                train_per_class: int = 0) -> None:
     from ghns.stage3.parts import PartsSettings
     from ghns.train.runner import fit
 
@@ -277,7 +315,7 @@ def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Pa
             for j in todo]
     spec = StudySpec(parts=PartsSettings.from_dict(parts), embeddings=str(run.embeddings.resolve()),
                      jobs_dir=str(jobs_dir.resolve()), num_classes=num_classes, jobs=jobs,
-                     rejection=str(rejection.resolve()) if rejection else None)
+                     rejection=str(rejection.resolve()) if rejection else None, train_per_class=train_per_class)
     fit(study_loop, spec, cfg, name=name)
     missing = [j.name for j in todo if not (jobs_dir / f"{j.name}.npz").is_file()]
     if missing:

@@ -114,3 +114,15 @@ def test_study_on_the_tiny_run(cli, tiny_run, tmp_path):
     assert json.loads((out / "study.json").read_text())["arms"] == result["arms"]
     code, _, err = cli("study", "--run-dir", tiny_run, "--seeds", "1")
     assert code == 2 and "--seeds" in err
+
+
+def test_per_class_subset_is_seeded_nested_and_capped():
+    from ghns.study import per_class_subset
+
+    labels = np.repeat(np.arange(4), [3, 10, 10, 1])
+    five = per_class_subset(labels, 5)
+    assert np.array_equal(np.bincount(labels[five], minlength=4), [3, 5, 5, 1])
+    assert np.array_equal(five, np.sort(five)) and np.array_equal(five, per_class_subset(labels, 5))
+    two = per_class_subset(labels, 2)
+    assert set(two) <= set(five)  # the first n of the draw for more
+    assert not np.array_equal(five, per_class_subset(labels, 5, seed=1))

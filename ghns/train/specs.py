@@ -297,6 +297,7 @@ class StudySpec(Spec):
     num_classes: int
     jobs: list = field(default_factory=list)  # [{"name", "seed", "arm", "bank": None | {...}}]
     rejection: str | None = None  # part embeddings of the rejection images (ghns.rejection), if any
+    train_per_class: int = 0  # the parts classifiers see at most this many train images per class (0: all)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySpec":
