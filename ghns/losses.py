@@ -157,12 +157,19 @@ def parts_metric_loss(f: torch.Tensor, y: torch.Tensor, f_plus: torch.Tensor, an
     if len(anchors):
         a = torch.from_numpy(anchors).to(f.device)
         total = total + quadruplet_loss(f[a], f[p_idx[a]], f_plus, f[n_idx[a]], m1, m2) * len(anchors) / per_anchor
-    rest = torch.nonzero(~has).flatten().to(f.device)
-    if len(rest):
-        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
-        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
-        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
-    return total / len(y)
+    return (total + _triplet_sum(f, p_idx, n_idx, ~has, m1)) / len(y)
+
+
+def _triplet_sum(f: torch.Tensor, p_idx: torch.Tensor, n_idx: torch.Tensor, rows: torch.Tensor,
+                 margin: float) -> torch.Tensor:
+    """Sum over the anchors ``rows`` (a boolean mask) of the triplet term 0.5 max(0, d(r, p) -
+    d(r, n) + margin) with their batch-hardest p and n."""
+    rest = torch.nonzero(rows).flatten().to(f.device)
+    if not len(rest):
+        return f.sum() * 0.0
+    d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
+    d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
+    return (0.5 * torch.relu(d_ap - d_an + margin)).sum()
 
 
 def mined_negatives(f: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,9 +218,4 @@ def mined_metric_loss(f: torch.Tensor, y: torch.Tensor, m1: float, m2: float) ->
         total = total + quadruplet_loss(f[a], f[p_idx[a]], f[np_], f[nn_], m1, m2) * len(anchors)
     has = torch.zeros(len(y), dtype=torch.bool)
     has[torch.from_numpy(anchors)] = True
-    rest = torch.nonzero(~has).flatten().to(f.device)
-    if len(rest):
-        d_ap = (f[rest] - f[p_idx[rest]]).pow(2).sum(1)
-        d_an = (f[rest] - f[n_idx[rest]]).pow(2).sum(1)
-        total = total + (0.5 * torch.relu(d_ap - d_an + m1)).sum()
-    return total / len(y)
+    return (total + _triplet_sum(f, p_idx, n_idx, ~has, m1)) / len(y)
