@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ghns.errors import ConfigError
-from ghns.rundir import atomic_write_text
+from ghns.atomic import atomic_write_text
 
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "deepfashion", "imagefolder")
 BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lite0")  # the registry's

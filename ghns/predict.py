@@ -38,25 +38,25 @@ def reject_threshold(run: RunDir) -> float:
 
 
 class Predictor:
-    """A finished run's models in this process. ``fusion``: the fused rule to use (default: the
-    one ``report.json`` records, which then must exist)."""
+    """A finished run's models in this process. ``outputs`` needs only the trained models;
+    ``__call__`` (fused top classes) also the fusion that ``report.json`` records."""
 
-    def __init__(self, run: RunDir, fusion: Fusion | None = None) -> None:
+    def __init__(self, run: RunDir, need_fusion: bool = True) -> None:
         from ghns.checkpoint import load_model
         from ghns.config import Config
 
-        if fusion is None and not run.report_json.is_file():
+        if need_fusion and not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
         self.cfg = Config.from_yaml(run.config, saved_run=True)
         if self.cfg.object_method == "oracle" or self.cfg.part_method == "oracle":
             raise StageError("this run used oracle boxes, which new images do not have; predict needs "
                              "a run with --object-method parts|cam and --part-method learned")
         self.classes = Catalog.read(run.catalog).classes
-        if fusion is None:
+        self.fusion: Fusion | None = None
+        if need_fusion:
             report = json.loads(run.report_json.read_text())
             # runs evaluated before the log-linear rule carry only Eq. 11 weights
-            fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
-        self.fusion = fusion
+            self.fusion = Fusion.from_dict(report.get("fusion") or {"weights": report["fusion_weights"]})
 
         self.localizer, self.loc_settings = load_model(run.path / "localize" / "model.pt", "localizer")
         self.parts, self.part_settings = load_model(run.part_networks, "part_networks")
@@ -95,6 +95,8 @@ class Predictor:
             img = load_rgb(path, self.cfg.max_image_pixels)
         except BadImage as exc:
             return Prediction(path, error=str(exc))
+        if self.fusion is None:
+            raise StageError("this Predictor was made without the run's fusion (need_fusion=False)")
         p_orig, p_obj, emb = self.outputs(img)
         p_parts = self.parts_classifier(torch.from_numpy(emb).reshape(1, -1))[1].softmax(1)[0].numpy()
         fused = self.fusion([p_orig[None], p_obj[None], p_parts[None]])[0]

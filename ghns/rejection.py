@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
+from ghns.atomic import atomic_path, atomic_write_text
 from ghns.data.catalog import Catalog
-from ghns.rundir import RunDir, atomic_path, atomic_write_text
+from ghns.rundir import RunDir
 from ghns.stats import auroc
 
 if TYPE_CHECKING:
@@ -77,7 +78,6 @@ def compute_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: 
     from tqdm.auto import tqdm
 
     from ghns.data.images import BadImage, load_rgb
-    from ghns.fusion import Fusion
     from ghns.predict import Predictor
 
     sets = unknown_sets(catalog)
@@ -94,7 +94,7 @@ def compute_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: 
                 for name in {k.split("/", 1)[0] for k in flat}}
     folder.mkdir(parents=True, exist_ok=True)
     stamp_file.unlink(missing_ok=True)
-    predictor = Predictor(run, fusion=Fusion("grid", (1 / 3, 1 / 3, 1 / 3)))  # the fusion is not used here
+    predictor = Predictor(run, need_fusion=False)  # outputs only: evaluate has not chosen the fusion yet
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, files in paths.items():
         orig, obj, emb, failed = [], [], [], []
@@ -121,24 +121,14 @@ def compute_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: 
     return out
 
 
-def parts_scores_fn(model) -> Callable[[np.ndarray], np.ndarray]:
-    """Softmax scores of a parts classifier on (N, P, D) part embeddings."""
-    import torch
-
-    def scores(emb: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(np.asarray(emb, np.float32).reshape(len(emb), -1))
-            return model.eval()(x)[1].softmax(1).numpy()
-    return scores
-
-
-def confidences(inputs: dict[str, dict[str, np.ndarray]], parts: Callable[[np.ndarray], np.ndarray],
+def confidences(inputs: dict[str, dict[str, np.ndarray]], parts: Callable[[str, np.ndarray], np.ndarray],
                 fusion: Fusion) -> dict[str, dict[str, np.ndarray]]:
-    """``{"known" | kind: {"parts": (N,), "fused": (N,)}}``: each image's maximum softmax score,
-    parts alone and fused with the run's original and object scores by ``fusion``."""
+    """``{set: {"parts": (N,), "fused": (N,)}}``: each image's maximum softmax score, parts alone
+    and fused with the run's original and object scores by ``fusion``; ``parts(set, embeddings)``
+    gives a parts classifier's softmax scores (computed, or saved by the study)."""
     out = {}
     for name, d in inputs.items():
-        p = parts(d["embeddings"])
+        p = parts(name, d["embeddings"])
         out[name] = {"parts": confidence(p), "fused": confidence(fusion([d["original"], d["object"], p]))}
     return out
 

@@ -8,19 +8,18 @@ skip; running it under a different fingerprint is an error that names the differ
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ghns import stages as _stages
+from ghns.atomic import atomic_path, atomic_write_text, temporary_name  # noqa: F401 - re-exported
 from ghns.errors import GHNSError, StageError
 
 if TYPE_CHECKING:
@@ -272,33 +271,6 @@ def holds_run_lock(fn):
             return fn(cfg, *args, **kwargs)
 
     return wrapper
-
-
-def temporary_name(path: Path) -> Path:
-    """A name beside ``path`` that no other process or thread uses (write there, then rename)."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A name of this process's own beside ``path`` to write to, renamed onto ``path`` when the
-    block ends and removed if it raises: a reader sees the old file or the new one, never a torn
-    one. ``suffix`` for writers that append their own (``np.savez`` adds ``.npz``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    tmp = tmp.with_suffix(suffix) if suffix else tmp
-    try:
-        yield tmp
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``atomic_path``)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def recorded_value(old: dict[str, Any], key: str) -> Any:

@@ -343,25 +343,12 @@ def arm_predictions(job: dict[str, np.ndarray], run_scores: dict[str, dict[str, 
             "rule": fusion}
 
 
-def rejection_confidences(job: dict[str, np.ndarray], fusion, inputs: dict[str, dict[str, np.ndarray]]
-                          ) -> dict[str, dict[str, np.ndarray]]:
-    """One job's ``{"known" | kind: {"parts", "fused"}}`` maximum softmax scores on the
-    rejection images (its parts scores fused with the run's original and object scores)."""
-    from ghns.rejection import confidence
-
-    out = {}
-    for name, d in inputs.items():
-        p = job[f"reject/{name}"]
-        out[name] = {"parts": confidence(p), "fused": confidence(fusion([d["original"], d["object"], p]))}
-    return out
-
-
 def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[str, dict[str, np.ndarray]],
                     seeds: list[int], banks: list[BankSpec], main: BankSpec, class_names: list[str],
                     rule: str = "loglinear", step: float = 0.05, n_boot: int = 10_000,
                     rejection: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """study.json from the jobs' scores and the run's val/test scores (see the module doc)."""
-    from ghns.rejection import KINDS
+    from ghns.rejection import KINDS, confidences
     from ghns.stats import auroc, mcnemar, mean_std, paired_auroc_bootstrap, paired_bootstrap
 
     labels = run_scores["test"]["label"]
@@ -406,8 +393,10 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
             vs[arm][which] = {"mean": boot["mean"], "ci95": boot["ci95"]}
     kinds = [k for k in KINDS if rejection and k in rejection]
     if kinds and rejection is not None:
-        conf = {arm: [rejection_confidences(scores[name.format(seed=s)], preds[name.format(seed=s)]["rule"], rejection)
-                      for s in seeds] for arm, name in arm_names.items()}
+        def job_confidences(job: str) -> dict[str, dict[str, np.ndarray]]:  # from the job's saved parts scores
+            return confidences(rejection, lambda name, _: scores[job][f"reject/{name}"], preds[job]["rule"])
+
+        conf = {arm: [job_confidences(name.format(seed=s)) for s in seeds] for arm, name in arm_names.items()}
         result["rejection"] = {arm: {f"{k}_auroc": {w: [round(auroc(c["known"][w], c[k][w]), 4) for c in per_seed]
                                                      for w in ("parts", "fused")} for k in kinds}
                                for arm, per_seed in conf.items()}

@@ -186,8 +186,8 @@ def rejection_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[st
                      report: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
     """AUROC of known test images against each unknown set (``ghns.rejection``) for the parts
     classifier and the fused prediction, with and without hard negatives."""
-    from ghns.rejection import compute_inputs, confidences, parts_scores_fn, rejection_figures
-    from ghns.stage3.parts import load_parts_classifier
+    from ghns.rejection import compute_inputs, confidences, rejection_figures
+    from ghns.stage3.parts import load_parts_classifier, parts_softmax
     from ghns.stage3.stage import model_names
 
     stamp = {**scores_stamp(run, model_names(cfg)), "kind": "rejection"}
@@ -195,12 +195,16 @@ def rejection_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[st
     if inputs is None:
         return None
     val = scores["val"]
+    fusions = {"parts": Fusion.from_dict(report["table6"]["original + object + parts"]),  # the report's own
+               "parts_noneg": choose_fusion([val["original"], val["object"], val["parts_noneg"]], val["label"],
+                                            cfg.fusion_rule, cfg.fusion_step)}  # as fused_without_negatives
     out: dict[str, Any] = {}
     for name, key in (("parts", "with_negatives"), ("parts_noneg", "without_negatives")):
-        fusion = choose_fusion([val["original"], val["object"], val[name]], val["label"], cfg.fusion_rule,
-                               cfg.fusion_step) if name != "parts" else Fusion.from_dict(report["table6"]["original + object + parts"])
-        conf = confidences(inputs, parts_scores_fn(load_parts_classifier(run.train_final / f"{name}.pt")), fusion)
-        out[key] = rejection_figures(conf)
+        model = load_parts_classifier(run.train_final / f"{name}.pt")
+
+        def scored(_: str, emb: np.ndarray, model=model) -> np.ndarray:
+            return parts_softmax(model, emb)
+        out[key] = rejection_figures(confidences(inputs, scored, fusions[name]))
     out["method"] = "maximum softmax score; AUROC of known test images against each unknown set"
     for kind, fig in out["with_negatives"].items():
         log.info("evaluate: %s AUROC (known test vs %d unknown): parts %.4f, fused %.4f (without hard "
