@@ -46,14 +46,14 @@ from ghns.checkpoint import save_checkpoint
 from ghns.config import Config
 from ghns.data.catalog import make_catalog
 from ghns.rundir import RunDir, fingerprint
-from ghns.stage1.filternet import train_filternet
-from ghns.stage1.table import write_embeddings
-from ghns.stage2.generate import fill_class, fill_class_dense
-from ghns.stage2.neighbours import PartNeighbours
-from ghns.stage2.pool import ArrayPool
-from ghns.stage2.replacements import Replacements
-from ghns.stage2.scoring import OnDemandTables, class_scores
-from ghns.stage2.stage import class_batch, prepare_store
+from ghns.train_parts.filternet import train_filternet
+from ghns.train_parts.table import write_embeddings
+from ghns.generate.generate import fill_class, fill_class_dense
+from ghns.generate.neighbours import PartNeighbours
+from ghns.generate.pool import ArrayPool
+from ghns.generate.replacements import Replacements
+from ghns.generate.scoring import OnDemandTables, class_scores
+from ghns.generate.stage import class_batch, prepare_store
 
 N, C, D, PARTS = 5994, 200, 512, 3
 
@@ -146,7 +146,7 @@ def make_run(folder: Path, emb, labels, net) -> Config:
 def ray_generate(cfg: Config, actors: int, per_class: int, tau: float, k: int, donors: int,
                  band: float) -> tuple[float, list]:
     from ghns.raykit import map_batches_pandas
-    from ghns.stage2.actor import GenerateActor
+    from ghns.generate.actor import GenerateActor
 
     run = RunDir(cfg.run_dir)
     out = Path(tempfile.mkdtemp(dir=cfg.run_dir))

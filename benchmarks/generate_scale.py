@@ -40,13 +40,13 @@ import torch
 from ghns.checkpoint import save_checkpoint
 from ghns.config import Config
 from ghns.models.parts import FilterNet
-from ghns.stage1.table import write_embeddings
-from ghns.stage2.generate import fill_class, fill_class_dense
-from ghns.stage2.neighbours import NPROBE, PartNeighbours, search_recall
-from ghns.stage2.pool import PartStore
-from ghns.stage2.replacements import Replacements
-from ghns.stage2.scoring import OnDemandTables, class_scores
-from ghns.stage2.stage import class_batch, prepare_store
+from ghns.train_parts.table import write_embeddings
+from ghns.generate.generate import fill_class, fill_class_dense
+from ghns.generate.neighbours import NPROBE, PartNeighbours, search_recall
+from ghns.generate.pool import PartStore
+from ghns.generate.replacements import Replacements
+from ghns.generate.scoring import OnDemandTables, class_scores
+from ghns.generate.stage import class_batch, prepare_store
 
 PER, D, PARTS = 30, 512, 3
 
@@ -88,7 +88,7 @@ def centre_filternet(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray) -
 def run_actors(cfg: Config, store: Path, filternet: Path, out: Path, classes: int, actors: int,
                settings: dict) -> tuple[float, pd.DataFrame]:
     from ghns.raykit import map_batches_pandas
-    from ghns.stage2.actor import GenerateActor
+    from ghns.generate.actor import GenerateActor
 
     t0 = time.perf_counter()
     stats = map_batches_pandas(
@@ -103,7 +103,7 @@ def run_actors(cfg: Config, store: Path, filternet: Path, out: Path, classes: in
 
 
 def same_shards(a: Path, b: Path) -> bool:
-    from ghns.stage2.bank import read_bank
+    from ghns.generate.bank import read_bank
 
     (ma, ea), (mb, eb) = read_bank(a), read_bank(b)
     return ma.drop(columns="score").equals(mb.drop(columns="score")) and np.array_equal(ea, eb)
@@ -111,7 +111,7 @@ def same_shards(a: Path, b: Path) -> bool:
 
 def brute_force_check(emb, labels, net, settings, classes: int) -> bool:
     """The pipeline's per-class bank against dense FilterNet scoring of every candidate."""
-    from ghns.stage2.pool import ArrayPool
+    from ghns.generate.pool import ArrayPool
 
     pool = ArrayPool(emb, labels)
     repl = Replacements(pool, settings["neighbors"], settings["max_part_similarity"],

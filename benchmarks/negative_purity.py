@@ -37,8 +37,8 @@ def main() -> None:
     from ghns.config import Config
     from ghns.data.catalog import Catalog
     from ghns.rejection import confidence
-    from ghns.stage2.bank import read_bank
-    from ghns.stage3.parts import NegativeBank, PartsData, PartsSettings, fit_parts_classifier, parts_probe, parts_softmax
+    from ghns.generate.bank import read_bank
+    from ghns.train_final.parts import NegativeBank, PartsData, PartsSettings, fit_parts_classifier, parts_probe, parts_softmax
     from ghns.stats import auroc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -19,8 +19,8 @@ import numpy as np
 from ghns.config import Config
 from ghns.raykit import ensure_ray
 from ghns.rundir import RunDir
-from ghns.stage2.bank import read_bank
-from ghns.stage2.stage import generator_settings, prepare_bank, write_bank
+from ghns.generate.bank import read_bank
+from ghns.generate.stage import generator_settings, prepare_bank, write_bank
 
 
 def main() -> None:

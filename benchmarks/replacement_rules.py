@@ -25,8 +25,8 @@ from pathlib import Path
 from ghns.config import Config
 from ghns.data.catalog import Catalog
 from ghns.rundir import RunDir
-from ghns.stage2.actor import GenerateActor
-from ghns.stage2.stage import bank_figures, filternet_temperature, prepare_store
+from ghns.generate.actor import GenerateActor
+from ghns.generate.stage import bank_figures, filternet_temperature, prepare_store
 
 SETTINGS = {
     "defaults": {},

@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ghns.errors import StageError
+from ghns.models.registry import create_model, kinds, model_format
+
+__all__ = ["create_model", "load_checkpoint", "load_model", "save_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KINDS":  # every model kind a run saves (importing the model files: only when asked)
+        return kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_checkpoint(path: str | Path, model, settings: dict[str, Any]) -> None:
@@ -23,7 +32,7 @@ def save_checkpoint(path: str | Path, model, settings: dict[str, Any]) -> None:
     layout every model file of a run has (``load_checkpoint`` reads it)."""
     import torch
 
-    from ghns.rundir import atomic_path
+    from ghns.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "settings": settings}, tmp)
@@ -50,54 +59,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
     return state
 
 
-KINDS = ("localizer", "part_networks", "filternet", "image_classifier", "parts_classifier")
-
-
-def create_model(kind: str, settings: dict[str, Any], pretrained: str = "none"):
-    """The model of ``kind`` that ``settings`` (what its file records) describe, with
-    ``pretrained`` backbone weights ("none": random, to be overwritten by a state dict)."""
-    if kind == "localizer":
-        from ghns.localize.train import build_localizer
-
-        return build_localizer(settings, pretrained=pretrained)
-    if kind == "part_networks":
-        from ghns.stage1.train import build_parts
-
-        return build_parts(settings, pretrained=pretrained)
-    if kind == "image_classifier":
-        from ghns.stage3.train import build_image_classifier
-
-        return build_image_classifier(settings, pretrained=pretrained)
-    if kind == "parts_classifier":
-        from ghns.models.classifiers import PartsClassifier
-
-        return PartsClassifier(settings["n_parts"], settings["part_dim"], settings["num_classes"],
-                               settings["hidden"])
-    if kind == "filternet":
-        from ghns.models.parts import FilterNet
-
-        return FilterNet(settings["n_parts"], settings["embedding_dim"], settings["num_classes"],
-                         settings["hidden"])
-    raise ValueError(f"no model kind {kind!r} (kinds: {', '.join(KINDS)})")
-
-
-def _format(kind: str) -> tuple[str, int] | None:
-    """The settings format a file of ``kind`` must have (None: any)."""
-    if kind == "image_classifier":
-        from ghns.stage3.train import IMAGE_FORMAT
-
-        return ("image classifier", IMAGE_FORMAT)
-    if kind == "parts_classifier":
-        from ghns.stage3.parts import FORMAT
-
-        return ("parts classifier", FORMAT)
-    return None
-
-
 def load_model(path: str | Path, kind: str):
     """``(model in eval mode, its settings)`` from a file ``save_checkpoint`` wrote (FilterNet
     files of older runs kept their settings beside the weights: read too)."""
-    state = load_checkpoint(path, format=_format(kind))
+    state = load_checkpoint(path, format=model_format(kind))
     settings = state.get("settings")
     if settings is None:
         settings = {k: v for k, v in state.items() if k != "model"}

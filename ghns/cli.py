@@ -301,24 +301,29 @@ def predict(images: list[str] = typer.Argument(..., help="Image files."),
             run_dir: str = typer.Option("ghns-run", "--run-dir", help="A finished run directory."),
             top: int = typer.Option(5, "--top", help="Classes to print per image."),
             reject: bool = typer.Option(False, "--reject", help="Answer 'none of these' for an image "
-                                        "whose top fused score is below the threshold that 95% of "
-                                        "known val images reach (report.json: reject_threshold).")) -> None:
+                                        "whose reject score is below the threshold that 95% of known "
+                                        "val images reach (report.json: reject_threshold)."),
+            reject_score: str = typer.Option("combined", "--reject-score", help="combined: the product of "
+                                             "the known-val p-values of the top fused score and of the "
+                                             "part-set similarity to the nearest train image; fused: the "
+                                             "top fused score alone.")) -> None:
     """Top-5 class names with fused scores for each image (localize, three classifiers, fusion)."""
-    from ghns.predict import Predictor, reject_threshold
+    from ghns.predict import Predictor, RejectRule
     from ghns.rundir import RunDir
 
-    threshold = reject_threshold(RunDir(run_dir)) if reject else None
+    rule = RejectRule.of(RunDir(run_dir), reject_score) if reject else None
     predictor = Predictor(RunDir(run_dir))
     failed = 0
     for path in images:
-        result = predictor(path, top=top)
+        result = predictor(path, top=top, reject=rule)
         if result.error:
             failed += 1
             typer.echo(f"error: {result.error}", err=True)
             continue
         typer.echo(path)
-        if threshold is not None and result.top and result.top[0][1] < threshold:
-            typer.echo(f"  none of these (top fused score {result.top[0][1]:.4f} < reject threshold {threshold:.4f})")
+        if rule is not None and result.rejected:
+            typer.echo(f"  none of these ({rule.score} score {result.reject_score:.4f} < reject threshold "
+                       f"{rule.threshold:.4f})")
         for name, score in result.top or []:
             typer.echo(f"  {score:.4f}  {name}")
     if failed:

@@ -348,7 +348,7 @@ class Config:
         if self.localize_image_size:
             return self.localize_image_size
         # the from-scratch localizer of the synthetic set: at 80 px its maps are 10 x 10 and the
-        # part boxes still good enough for pure negatives (at 64 px they were not; README, Speed)
+        # part boxes still good enough for pure negatives (at 64 px they were not; docs/speed.md)
         return min(self.synthetic_image_size, 80) if self.dataset == "synthetic" else 224
 
     def resolved_fusion_weights(self) -> tuple[float, float, float] | None:
@@ -369,7 +369,7 @@ class Config:
             return self.part_image_size
         # a pretrained backbone's features are learned at its input scale: a part crop at half of
         # it gives Lite0 a 4 x 4 last map, and on cub50-dev the parts classifier lost 1-2 points
-        # (README, Part crops); a from-scratch backbone learns at whatever size it is given
+        # (docs/stages.md, Part crops); a from-scratch backbone learns at whatever size it is given
         if self.resolved_weights() != "none":
             return self.resolved_localize_size()
         return max(48, self.resolved_localize_size() // 2)
@@ -377,7 +377,7 @@ class Config:
     def resolved_part_box_scale(self) -> float:
         if self.part_box_scale:
             return self.part_box_scale
-        # chosen on the parts classifier's val accuracy (README, Part boxes): with a pretrained
+        # chosen on the parts classifier's val accuracy (docs/stages.md, Part boxes): with a pretrained
         # backbone (224 px part crops) 0.5 beat 0.4 on all three cub50-dev seeds; from scratch
         # (48 px crops) 0.4 beat 0.5 on the synthetic default
         return 0.5 if self.resolved_weights() != "none" else 0.4

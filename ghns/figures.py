@@ -84,9 +84,9 @@ def negatives_mosaic(run: RunDir, rows: int = 8, out: str | None = None, seed: i
     the negative's three part crops, each labelled with the class it comes from; swapped parts
     are framed in red and labelled with their cosine similarity to the part they replaced (in the
     stage-1 embedding). Returns the PNG path."""
-    from ghns.stage1.table import read_embeddings
-    from ghns.stage2.bank import read_bank
-    from ghns.stage2.purity import swap_similarities
+    from ghns.train_parts.table import read_embeddings
+    from ghns.generate.bank import read_bank
+    from ghns.generate.purity import swap_similarities
 
     bank, _ = read_bank(run.negatives, with_embeddings=False)
     if bank.empty:

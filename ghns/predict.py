@@ -6,8 +6,11 @@ on its own line and the others are still predicted.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +21,12 @@ from ghns.data.tensors import crop_resize, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion
 from ghns.localize.boxes import box_around, box_from_map, mass_centre, scale_box
+from ghns.rejection import Calibration, image_sets, nearest_set_similarity, unknown_sets
+from ghns.atomic import atomic_path, atomic_write_text
 from ghns.rundir import RunDir
+from ghns.train_parts.table import read_embeddings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,15 +34,33 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] | None = None
     error: str | None = None
+    reject_score: float | None = None  # the RejectRule's score, where one was given
+    rejected: bool = False
 
 
-def reject_threshold(run: RunDir) -> float:
-    """The fused score below which ``ghns predict --reject`` answers "none of these": the one
-    ``report.json`` records (chosen on known val images only)."""
-    report = json.loads(run.report_json.read_text()) if run.report_json.is_file() else {}
-    if "reject_threshold" not in report:
-        raise StageError(f"{run.report_json} has no reject_threshold: run 'ghns evaluate --force' with this version")
-    return float(report["reject_threshold"]["fused"])
+REJECT_SCORES = ("combined", "fused")
+
+
+@dataclass(frozen=True)
+class RejectRule:
+    """``ghns predict --reject``: "none of these" below ``threshold`` of ``score``, the threshold
+    that ``report.json`` records (chosen on known val images only, ``ghns.rejection``)."""
+
+    score: str
+    threshold: float
+    calibration: Calibration | None = None
+
+    @classmethod
+    def of(cls, run: RunDir, score: str = "combined") -> "RejectRule":
+        if score not in REJECT_SCORES:
+            raise StageError(f"unknown reject score {score!r}; choose one of {', '.join(REJECT_SCORES)}")
+        report = json.loads(run.report_json.read_text()) if run.report_json.is_file() else {}
+        settings = report.get("reject_threshold") or {}
+        if score not in settings:
+            raise StageError(f"{run.report_json} has no {score} reject threshold: run 'ghns evaluate --force' "
+                             "with this version")
+        cal = Calibration.from_dict(settings["calibration"]) if score == "combined" else None
+        return cls(score, float(settings[score]), cal)
 
 
 class Predictor:
@@ -48,6 +74,8 @@ class Predictor:
         if need_fusion and not run.report_json.is_file():
             raise StageError(f"{run.report_json} is missing: run 'ghns evaluate' (or 'ghns pipeline') first")
         self.cfg = Config.from_yaml(run.config, saved_run=True)
+        self.run = run
+        self._train_sets: np.ndarray | None = None
         if self.cfg.object_method == "oracle" or self.cfg.part_method == "oracle":
             raise StageError("this run used oracle boxes, which new images do not have; predict needs "
                              "a run with --object-method parts|cam and --part-method learned")
@@ -90,7 +118,7 @@ class Predictor:
         return obj, parts
 
     @torch.no_grad()
-    def __call__(self, path: str, top: int = 5) -> Prediction:
+    def __call__(self, path: str, top: int = 5, reject: RejectRule | None = None) -> Prediction:
         try:
             img = load_rgb(path, self.cfg.max_image_pixels)
         except BadImage as exc:
@@ -101,7 +129,21 @@ class Predictor:
         p_parts = self.parts_classifier(torch.from_numpy(emb).reshape(1, -1))[1].softmax(1)[0].numpy()
         fused = self.fusion([p_orig[None], p_obj[None], p_parts[None]])[0]
         order = np.argsort(-fused, kind="stable")[:top]
-        return Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])
+        out = Prediction(path, top=[(self.classes[i], float(fused[i])) for i in order])
+        if reject is not None:
+            score = float(fused.max())
+            if reject.calibration is not None:
+                similarity = nearest_set_similarity(emb[None], self.train_sets())
+                score = float(reject.calibration.combined(np.array([score]), similarity)[0])
+            out.reject_score, out.rejected = score, score < reject.threshold
+        return out
+
+    def train_sets(self) -> np.ndarray:
+        """The train images' part embeddings (read once, for the part-set similarity)."""
+        if self._train_sets is None:
+            meta, emb = read_embeddings(self.run.embeddings)
+            self._train_sets = emb[(meta["split"] == "train").to_numpy()]
+        return self._train_sets
 
     @torch.no_grad()
     def outputs(self, img) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,3 +161,53 @@ class Predictor:
         crops = torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
         emb, _, _ = self.parts(to_float(crops)[None])
         return p_orig, p_obj, emb[0].numpy()
+
+
+def rejection_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: bool = False,
+                   progress: bool = True) -> dict[str, dict[str, np.ndarray]] | None:
+    """What ``ghns.rejection`` scores, through this module's one path for every image:
+    ``{set: {"original", "object": (N, C) scores, "embeddings": (N, P, D), "failed": (N,)
+    bool}}`` for each of ``image_sets``; None when the catalog has no unknown images. Cached under
+    ``<run>/rejection/`` with ``stamp``; an image that cannot be read is counted and left out (its
+    row's ``failed`` is set and the figures skip it)."""
+    from tqdm.auto import tqdm
+
+    sets = unknown_sets(catalog)
+    if not sets:
+        return None
+    paths = {k: v for k, v in image_sets(catalog).items() if v}
+    stamp = {**stamp, "images": hashlib.sha1(json.dumps(paths, sort_keys=True).encode()).hexdigest()}
+    folder = run.path / "rejection"
+    stamp_file, data_file = folder / "stamp.json", folder / "inputs.npz"
+    if not force and stamp_file.is_file() and data_file.is_file() and \
+            json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
+        flat = dict(np.load(data_file))
+        return {name: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
+                for name in {k.split("/", 1)[0] for k in flat}}
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_file.unlink(missing_ok=True)
+    predictor = Predictor(run, need_fusion=False)  # outputs only: evaluate has not chosen the fusion yet
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, files in paths.items():
+        orig, obj, emb, failed = [], [], [], []
+        for path in tqdm(files, desc=f"rejection: {name} images", unit="img", disable=not progress, leave=False):
+            try:
+                img = load_rgb(path, predictor.cfg.max_image_pixels)
+            except BadImage as exc:
+                log.warning("rejection: skipped %s (%s)", path, exc)
+                failed.append(True)
+                continue
+            o, b, e = predictor.outputs(img)
+            orig.append(o)
+            obj.append(b)
+            emb.append(e)
+            failed.append(False)
+        if sum(failed):
+            log.warning("rejection: %d of %d %s images could not be read", sum(failed), len(files), name)
+        out[name] = {"original": np.stack(orig), "object": np.stack(obj), "embeddings": np.stack(emb),
+                     "failed": np.asarray(failed, bool)}
+    with atomic_path(data_file, suffix=".npz") as tmp:
+        arrays: dict[str, Any] = {f"{n}/{k}": v for n, d in out.items() for k, v in d.items()}
+        np.savez_compressed(tmp, **arrays)
+    atomic_write_text(stamp_file, json.dumps(stamp, sort_keys=True))
+    return out

@@ -8,36 +8,45 @@ A run's catalog may name images that belong to no class it trains on (``catalog.
 * ``open_set`` (any dataset, ``--open-set-classes K``): every image of K classes held out by a
   fixed rule (``ghns.data.catalog.open_set_classes``), never trained on.
 
-Each set is scored against the known test images by AUROC (``ghns.stats.auroc``) of the maximum
-softmax score, for the parts classifier alone and for the fused prediction. Every image, known or
+Each set is scored against the known test images by AUROC (``ghns.stats.auroc``) of four
+scores, high meaning "known":
+
+* ``parts``, ``fused``: the maximum softmax score of the parts classifier alone and of the fused
+  prediction (a classifier's confidence);
+* ``similarity``: how close the image's parts are to a training image's, as a set: the largest
+  mean cosine similarity of its part embeddings to those of one train image
+  (``nearest_set_similarity``, exact). It needs no classifier and no negative: an object whose
+  parts were never seen together sits far from every train image even when each part is familiar;
+* ``combined``: the product of the two known-val p-values (``Calibration``): the share of known
+  val images whose fused score, and whose similarity, is at most the image's. Either being unusual
+  rejects; nothing is tuned, and no unknown image is needed to set it. Every image, known or
 unknown, goes through the same in-process path (``ghns.predict.Predictor``: boxes, crops, the
 classifiers), so both sides are computed alike; the inputs (original and object scores, part
-embeddings) are cached in ``<run>/rejection/inputs.npz`` with the stamp of what made them, and any
-parts classifier (the study's arms) is scored on them in milliseconds.
+embeddings: ``ghns.predict.rejection_inputs``) are cached in ``<run>/rejection/inputs.npz`` with
+the stamp of what made them, and any parts classifier (the study's arms) is scored on them in
+milliseconds. This module is the arithmetic only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from ghns.atomic import atomic_path, atomic_write_text
+from ghns.atomic import atomic_path
 from ghns.data.catalog import Catalog
-from ghns.rundir import RunDir
 from ghns.stats import auroc
 
 if TYPE_CHECKING:
     from ghns.fusion import Fusion
 
-log = logging.getLogger(__name__)
 REJECT_ACCEPT = 0.95  # the share of known val images that ghns predict --reject lets through
 KINDS = ("near_miss", "open_set")  # the metric of each is f"{kind}_auroc"
+SCORES = ("parts", "fused", "similarity", "combined")  # what rejection_figures reports, where given
+QUANTILES = 101  # a Calibration keeps this many quantiles of each known val score
 
 
 def unknown_sets(catalog: Catalog) -> dict[str, pd.DataFrame]:
@@ -69,84 +78,99 @@ def confidence(scores: np.ndarray) -> np.ndarray:
     return np.asarray(scores).max(axis=1)
 
 
-def compute_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: bool = False,
-                   progress: bool = True) -> dict[str, dict[str, np.ndarray]] | None:
-    """``{set: {"original", "object": (N, C) scores, "embeddings": (N, P, D), "failed": (N,)
-    bool}}`` for each of ``image_sets``; None when the catalog has no unknown images. Cached under
-    ``<run>/rejection/`` with ``stamp``; an image that cannot be read is counted and left out (its
-    row's ``failed`` is set and the figures skip it)."""
-    from tqdm.auto import tqdm
-
-    from ghns.data.images import BadImage, load_rgb
-    from ghns.predict import Predictor
-
-    sets = unknown_sets(catalog)
-    if not sets:
-        return None
-    paths = {k: v for k, v in image_sets(catalog).items() if v}
-    stamp = {**stamp, "images": hashlib.sha1(json.dumps(paths, sort_keys=True).encode()).hexdigest()}
-    folder = run.path / "rejection"
-    stamp_file, data_file = folder / "stamp.json", folder / "inputs.npz"
-    if not force and stamp_file.is_file() and data_file.is_file() and \
-            json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
-        flat = dict(np.load(data_file))
-        return {name: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
-                for name in {k.split("/", 1)[0] for k in flat}}
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp_file.unlink(missing_ok=True)
-    predictor = Predictor(run, need_fusion=False)  # outputs only: evaluate has not chosen the fusion yet
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for name, files in paths.items():
-        orig, obj, emb, failed = [], [], [], []
-        for path in tqdm(files, desc=f"rejection: {name} images", unit="img", disable=not progress, leave=False):
-            try:
-                img = load_rgb(path, predictor.cfg.max_image_pixels)
-            except BadImage as exc:
-                log.warning("rejection: skipped %s (%s)", path, exc)
-                failed.append(True)
-                continue
-            o, b, e = predictor.outputs(img)
-            orig.append(o)
-            obj.append(b)
-            emb.append(e)
-            failed.append(False)
-        if sum(failed):
-            log.warning("rejection: %d of %d %s images could not be read", sum(failed), len(files), name)
-        out[name] = {"original": np.stack(orig), "object": np.stack(obj), "embeddings": np.stack(emb),
-                     "failed": np.asarray(failed, bool)}
-    with atomic_path(data_file, suffix=".npz") as tmp:
-        arrays: dict[str, Any] = {f"{n}/{k}": v for n, d in out.items() for k, v in d.items()}
-        np.savez_compressed(tmp, **arrays)
-    atomic_write_text(stamp_file, json.dumps(stamp, sort_keys=True))
+def nearest_set_similarity(queries: np.ndarray, train: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """(M,) for each query set of unit-length part embeddings (M, P, D): the largest mean cosine
+    similarity of its parts to those of one train image (N, P, D), i.e. its nearest train image in
+    the space of whole part sets. Exact (a chunked matrix product: M x N x P x D multiply-adds)."""
+    train = np.asarray(train, np.float32)
+    if train.ndim != 3:
+        raise ValueError(f"train part embeddings must be (N, P, D), not {train.shape}")
+    parts = train.shape[1]
+    q = np.asarray(queries, np.float32).reshape(len(queries), -1)
+    t = train.reshape(len(train), -1)
+    if not len(t):
+        return np.full(len(q), -np.inf, np.float32)
+    out = np.empty(len(q), np.float32)
+    for i in range(0, len(q), chunk):
+        out[i:i + chunk] = (q[i:i + chunk] @ t.T).max(axis=1) / parts
     return out
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What "usual" is for known images: ``QUANTILES`` quantiles of the known val images' fused
+    score and part-set similarity. ``pvalue`` maps a score to the (interpolated) share of known
+    val images scoring at most as high; ``combined`` is the product of the two p-values."""
+
+    fused: tuple[float, ...]
+    similarity: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, val_fused: np.ndarray, val_similarity: np.ndarray) -> "Calibration":
+        levels = np.linspace(0.0, 1.0, QUANTILES)
+
+        def q(x: np.ndarray) -> tuple[float, ...]:
+            x = np.asarray(x, np.float64)
+            return tuple(float(v) for v in np.quantile(x, levels)) if len(x) else (0.0,) * QUANTILES
+        return cls(q(val_fused), q(val_similarity))
+
+    @staticmethod
+    def pvalue(quantiles: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+        """Share of known val at or below ``x``: 0 below the smallest, 1 at or above the largest,
+        linear between neighbouring quantiles (ties: the largest level of a repeated value)."""
+        qs = np.asarray(quantiles, np.float64)
+        levels = np.linspace(0.0, 1.0, len(qs))
+        x = np.asarray(x, np.float64)
+        # np.interp needs increasing x-coordinates: keep the last level of each repeated quantile
+        last = np.r_[qs[1:] != qs[:-1], True]
+        return np.interp(x, qs[last], levels[last], left=0.0, right=1.0)
+
+    def combined(self, fused: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+        return self.pvalue(self.fused, fused) * self.pvalue(self.similarity, similarity)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"fused": [round(v, 6) for v in self.fused], "similarity": [round(v, 6) for v in self.similarity]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+        return cls(tuple(d["fused"]), tuple(d["similarity"]))
+
+
 def confidences(inputs: dict[str, dict[str, np.ndarray]], parts: Callable[[str, np.ndarray], np.ndarray],
-                fusion: Fusion) -> dict[str, dict[str, np.ndarray]]:
+                fusion: Fusion, train: np.ndarray | None = None,
+                calibration: Calibration | None = None) -> dict[str, dict[str, np.ndarray]]:
     """``{set: {"parts": (N,), "fused": (N,)}}``: each image's maximum softmax score, parts alone
     and fused with the run's original and object scores by ``fusion``; ``parts(set, embeddings)``
-    gives a parts classifier's softmax scores (computed, or saved by the study)."""
+    gives a parts classifier's softmax scores (computed, or saved by the study). With the train
+    images' part embeddings ``train`` also ``"similarity"`` (``nearest_set_similarity``), and with
+    a ``calibration`` as well ``"combined"``."""
     out = {}
     for name, d in inputs.items():
         p = parts(name, d["embeddings"])
         out[name] = {"parts": confidence(p), "fused": confidence(fusion([d["original"], d["object"], p]))}
+        if train is not None:
+            out[name]["similarity"] = nearest_set_similarity(d["embeddings"], train)
+            if calibration is not None:
+                out[name]["combined"] = calibration.combined(out[name]["fused"], out[name]["similarity"])
     return out
 
 
 def rejection_figures(conf: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """``{kind: {"images": N, "known_images": K, "auroc": {"parts", "fused"}, "val_auroc": {...}}}``
-    for each unknown kind in ``conf`` (``confidences``' output): test AUROC (known test images
-    against the kind's test images) and the same on val where both val sets exist."""
+    """``{kind: {"images": N, "known_images": K, "auroc": {score: AUROC}, "val_auroc": {...}}}``
+    for each unknown kind in ``conf`` (``confidences``' output) and each of ``SCORES`` it holds:
+    test AUROC (known test images against the kind's test images) and the same on val where both
+    val sets exist."""
     out: dict[str, Any] = {}
     for kind in KINDS:
         if kind not in conf:
             continue
         known = conf["known"]
+        scores = [w for w in SCORES if w in known]
         out[kind] = {"images": int(len(conf[kind]["parts"])), "known_images": int(len(known["parts"])),
-                     "auroc": {w: round(auroc(known[w], conf[kind][w]), 4) for w in ("parts", "fused")}}
+                     "auroc": {w: round(auroc(known[w], conf[kind][w]), 4) for w in scores}}
         if f"{kind}_val" in conf and "known_val" in conf:
             out[kind]["val_auroc"] = {w: round(auroc(conf["known_val"][w], conf[f"{kind}_val"][w]), 4)
-                                      for w in ("parts", "fused")}
+                                      for w in scores}
     return out
 
 

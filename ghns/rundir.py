@@ -8,6 +8,7 @@ skip; running it under a different fingerprint is an error that names the differ
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ghns import stages as _stages
 from ghns.atomic import atomic_path, atomic_write_text, temporary_name  # noqa: F401 - re-exported
@@ -263,8 +264,6 @@ class RunDir:
 
 def holds_run_lock(fn):
     """Decorator: ``fn(cfg, ...)`` runs holding the lock of ``cfg.run_dir`` (``RunDir.locked``)."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(cfg: Config, *args, **kwargs):
         with RunDir(cfg.run_dir).locked():
@@ -300,3 +299,29 @@ def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
     sections = STAGE_SECTIONS[stage]
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
             if f.metadata.get("section") in sections}
+
+
+def stage_runner(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``body(cfg, run, fingerprint, force)`` the runner of stage ``name``, called as
+    ``runner(cfg, force=False)``: the preamble every stage shares runs first (``RunDir.begin``:
+    its inputs exist, its fingerprint, its figures when it is done already, returned without
+    calling ``body``); for a resumable stage ``force`` also becomes true when an earlier stage ran
+    again since its interrupted work began (``RunDir.starts_over``), and interrupted work begun
+    with other settings is refused before ``body`` removes anything (``RunDir.check_partial``)."""
+    record = _stages.stage(name)
+
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(body)
+        def runner(cfg: Config, force: bool = False) -> Any:
+            run = RunDir(cfg.run_dir)
+            fp, done = run.begin(cfg, record.name, force)
+            if done is not None:
+                return done
+            if record.resumable:
+                force = run.starts_over(record.name, force)
+                run.check_partial(record.name, fp, force)
+            return body(cfg, run, fp, force)
+
+        return runner
+
+    return decorate

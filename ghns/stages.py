@@ -4,22 +4,18 @@ and the log lines take their names from here.
 
 A stage has one name everywhere: its CLI command (``ghns train-parts``), its record in
 ``stages.json``, its folder and figures in the run directory (``train-parts/``,
-``train-parts.json``), its config section and its log lines (``train-parts: done already``). The
-paper's numbering survives in the code's packages (``ghns.stage1`` is ``train-parts``,
-``ghns.stage2`` is ``generate``, ``ghns.stage3`` is ``train-final`` and ``evaluate``) and in the
-settings named after it (``stage1_epochs``). Run directories made before this had ``stage1`` and
-``stage3`` records and folders; ``ghns.rundir`` reads them under today's names (``LEGACY``).
+``train-parts.json``), its config section, its log lines (``train-parts: done already``) and its
+package (``ghns.train_parts``, ``ghns.generate``, ``ghns.train_final``, ``ghns.evaluate``). The
+paper's numbering (stage 1, 2, 3) survives in docstrings and in a few settings named after it
+(``stage1_epochs``). Run directories made before this had ``stage1`` and ``stage3`` records and
+folders; ``ghns.rundir`` reads them under today's names (``LEGACY``).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    from ghns.config import Config
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -50,17 +46,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("localize", True, "ghns.localize.stage:run_localize", needs=("catalog",),
           writes="localization", figures="localization_json", resumable=True,
           summary="Object boxes and three part boxes per image, learned from class labels alone."),
-    Stage("train-parts", True, "ghns.stage1.stage:run_stage1",
+    Stage("train-parts", True, "ghns.train_parts.stage:run_train_parts",
           needs=("localization",), writes="train_parts_json", figures="train_parts_json", resumable=True,
           summary="Stage 1: three part networks (cls + triplet + adversarial), the embedding table, FilterNet."),
-    Stage("generate", True, "ghns.stage2.stage:run_generate",
+    Stage("generate", True, "ghns.generate.stage:run_generate",
           needs=("embeddings", "filternet"), writes="generate_json", figures="generate_json",
           resumable=True,
           summary="Stage 2: hard negatives by part shuffling, FAISS priority and FilterNet, per class."),
-    Stage("train-final", True, "ghns.stage3.stage:run_stage3",
+    Stage("train-final", True, "ghns.train_final.stage:run_train_final",
           needs=("generate_json",), writes="train_final_json", figures="train_final_json", resumable=True,
           summary="Stage 3: parts classifier with hard negatives (quadruplet), original and object classifiers."),
-    Stage("evaluate", True, "ghns.stage3.evaluate:run_evaluate", needs=("train_final_json",),
+    Stage("evaluate", True, "ghns.evaluate:run_evaluate", needs=("train_final_json",),
           writes="report_json", figures="report_json", redo_on_change=True,
           summary="Scores on val and test, fusion weights chosen on val, report.json / report.md / figures."),
 )
@@ -84,31 +80,3 @@ def before(name: str) -> Stage | None:
 def sections(name: str) -> tuple[str, ...]:
     """The config sections ``name`` depends on: its own and every earlier stage's."""
     return NAMES[: NAMES.index(name) + 1]
-
-
-def stage_runner(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Make ``body(cfg, run, fingerprint, force)`` the runner of stage ``name``, called as
-    ``runner(cfg, force=False)``: the preamble every stage shares runs first (``RunDir.begin``:
-    its inputs exist, its fingerprint, its figures when it is done already, returned without
-    calling ``body``); for a resumable stage ``force`` also becomes true when an earlier stage ran
-    again since its interrupted work began (``RunDir.starts_over``), and interrupted work begun
-    with other settings is refused before ``body`` removes anything (``RunDir.check_partial``)."""
-    record = stage(name)
-
-    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(body)
-        def runner(cfg: Config, force: bool = False) -> Any:
-            from ghns.rundir import RunDir
-
-            run = RunDir(cfg.run_dir)
-            fp, done = run.begin(cfg, record.name, force)
-            if done is not None:
-                return done
-            if record.resumable:
-                force = run.starts_over(record.name, force)
-                run.check_partial(record.name, fp, force)
-            return body(cfg, run, fp, force)
-
-        return runner
-
-    return decorate

@@ -135,8 +135,8 @@ def per_class_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def study_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: this worker's share of the jobs, one after another (no DDP: each
     job is a whole classifier; workers split the jobs)."""
-    from ghns.stage3.parts import NegativeBank, PartsData, fit_parts_classifier, parts_probe, parts_softmax
-    from ghns.stage1.table import read_embeddings
+    from ghns.train_final.parts import NegativeBank, PartsData, fit_parts_classifier, parts_probe, parts_softmax
+    from ghns.train_parts.table import read_embeddings
     from ghns.train.runner import WorkerContext
 
     spec, ctx = StudySpec.of(config), WorkerContext(config)
@@ -248,18 +248,18 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
 def _rejection_inputs(cfg: Config, run: RunDir, catalog) -> dict[str, dict[str, np.ndarray]] | None:
     """The run's rejection inputs (``ghns.rejection``: known test and unknown images), made here
     where evaluate has not made them; None when the catalog names no unknown images."""
-    from ghns.rejection import compute_inputs
-    from ghns.stage3.evaluate import scores_stamp
-    from ghns.stage3.stage import model_names
+    from ghns.predict import rejection_inputs
+    from ghns.evaluate import scores_stamp
+    from ghns.train_final.stage import model_names
 
-    return compute_inputs(run, catalog, {**scores_stamp(run, model_names(cfg)), "kind": "rejection"},
+    return rejection_inputs(run, catalog, {**scores_stamp(run, model_names(cfg)), "kind": "rejection"},
                           progress=not cfg.quiet)
 
 
 def _parts_config(cfg: Config) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from ghns.stage3.parts import PartsSettings
+    from ghns.train_final.parts import PartsSettings
 
     return asdict(PartsSettings.from_config(cfg))
 
@@ -277,7 +277,7 @@ def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) 
     """Where each bank setting's negatives are: the run's own bank when its settings match and it
     holds at least N per class, else a bank generated for the study (once per tau, at the largest
     N of the grid) under ``<study>/banks/``."""
-    from ghns.stage2.stage import generator_settings, prepare_bank, write_bank
+    from ghns.generate.stage import generator_settings, prepare_bank, write_bank
 
     own = json.loads((run.negatives / "settings.json").read_text()) if (
         run.negatives / "settings.json").is_file() else None
@@ -304,7 +304,7 @@ def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) 
 def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
                 parts: dict[str, Any], num_classes: int, digest: str, rejection: Path | None = None,
                 train_per_class: int = 0) -> None:
-    from ghns.stage3.parts import PartsSettings
+    from ghns.train_final.parts import PartsSettings
     from ghns.train.runner import fit
 
     name = f"study_{digest}"

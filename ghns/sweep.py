@@ -119,9 +119,9 @@ def _trial(params: dict[str, Any], *, base_config: dict[str, Any], base_dir: str
     cfg = Config(**{**base_config, **params, "run_dir": str(run.path),
                     "ray_address": base_config.get("ray_address")})
     if space == "train-parts":
-        from ghns.stage1.stage import run_stage1
+        from ghns.train_parts.stage import run_train_parts
 
-        figures = run_stage1(cfg)
+        figures = run_train_parts(cfg)
         tune.report({METRIC[space]: figures["val_accuracy_parts_vote"],
                      "filternet_val_accuracy": figures["filternet"]["val_accuracy"]})
     else:
@@ -131,10 +131,10 @@ def _trial(params: dict[str, Any], *, base_config: dict[str, Any], base_dir: str
 def _generate_trial(cfg: Config, run: RunDir, base: RunDir) -> dict[str, float]:
     from ghns.data import Catalog
     from ghns.fusion import search_weights
-    from ghns.stage1.table import read_embeddings
-    from ghns.stage2.stage import run_generate
-    from ghns.stage3.evaluate import parts_scores
-    from ghns.stage3.stage import train_model
+    from ghns.train_parts.table import read_embeddings
+    from ghns.generate.stage import run_generate
+    from ghns.evaluate import parts_scores
+    from ghns.train_final.stage import train_model
 
     gen = run_generate(cfg)
     figures = train_model(cfg, run, Catalog.read(run.catalog), "parts")

@@ -8,7 +8,7 @@ and keeps the outputs in ``<run>/trunks/``:
 
 * the localizer reads them when its own frozen blocks cover the classifiers' (a pretrained
   backbone: it runs its further frozen blocks on them, for training and for inference);
-* the original-image and object classifiers train on them (``ghns.stage3.train``);
+* the original-image and object classifiers train on them (``ghns.train_final.train``);
 * evaluate scores val and test from them: only the blocks after the frozen ones and the heads run.
 
 A folder ``<crop>-<key>`` holds one file per split (``{split}.pt``: ``image_id``, ``x`` and ``xf``,
@@ -80,7 +80,7 @@ def ensure_trunks(cfg: Config, run: RunDir, catalog: Catalog, model: ImageClassi
     Ray Data pass (``TrunkActor``) over the missing splits' images. ``settings`` are what
     ``model``'s checkpoint records (``ModelSpec``'s fields: the actors rebuild it from them)."""
     from ghns.checkpoint import save_checkpoint
-    from ghns.stage3.train import IMAGE_FORMAT
+    from ghns.models.classifiers import IMAGE_FORMAT
 
     size = int(settings["image_size"])
     rows = image_rows(run, catalog, crop)
@@ -222,12 +222,12 @@ class TrunkActor:
     def __init__(self, model_path: str, folder: str, image_size: int, crop: str,
                  device: str = "cpu", threads: int = 1) -> None:
         from ghns.models.backbones import cpu_layout
-        from ghns.stage3.train import load_image_classifier
+        from ghns.checkpoint import load_model
 
         if device == "cpu":
             torch.set_num_threads(threads)
         self.device = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
-        self.model, _ = load_image_classifier(model_path)
+        self.model, _ = load_model(model_path, "image_classifier")
         self.model.to(self.device).eval()
         self.layout = cpu_layout(self.model, self.device)
         self.folder, self.size, self.crop = Path(folder), image_size, crop

@@ -53,8 +53,8 @@ def test_an_older_format_is_refused_in_one_line(tmp_path):
 
 
 def _settings():
-    from ghns.stage3.parts import FORMAT
-    from ghns.stage3.train import IMAGE_FORMAT
+    from ghns.train_final.parts import FORMAT
+    from ghns.train_final.train import IMAGE_FORMAT
 
     model = {"backbone": "tiny_cnn", "pretrained": "none", "num_classes": 3, "frozen_blocks": 1,
              "image_size": 32}

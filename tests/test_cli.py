@@ -23,7 +23,7 @@ def test_help_lists_every_command(cli):
         assert f"  {name} " in out
 
 
-NON_CONFIG = {"config", "force", "help", "rows", "out", "top", "reject",  # command switches, not run settings
+NON_CONFIG = {"config", "force", "help", "rows", "out", "top", "reject", "reject_score",  # command switches, not run settings
               "space", "trials", "scheduler", "concurrent",  # sweep's own
               "seeds", "tau_grid", "per_class_grid", "train_per_class"}  # study's own
 

@@ -24,8 +24,7 @@ from ghns.localize.boxes import box_around
 from ghns.localize.infer import LocalizeActor, boxes_from_trunks, columns
 from ghns.localize.train import localizer_loop
 from ghns.models import N_PARTS
-from ghns.rundir import RunDir, atomic_path, atomic_write_text
-from ghns.stages import stage_runner
+from ghns.rundir import RunDir, atomic_path, atomic_write_text, stage_runner
 from ghns.train.specs import LocalizerSpec
 
 if TYPE_CHECKING:
@@ -98,9 +97,9 @@ def shared_trunks(cfg: Config, run: RunDir, catalog: Catalog, spec: LocalizerSpe
     whole images go through those blocks once per run, not once per stage; else ``spec``."""
     from dataclasses import replace
 
-    from ghns.localize.train import build_localizer
+    from ghns.models.localizer import build_localizer
     from ghns.models.classifiers import weights_digest
-    from ghns.stage3.stage import with_trunks
+    from ghns.train_final.stage import with_trunks
     from ghns.train.specs import ImageClassifierSpec
 
     stage3 = ImageClassifierSpec.from_config(cfg, run, len(catalog.classes), crop="whole", seed=cfg.seed,
@@ -110,7 +109,7 @@ def shared_trunks(cfg: Config, run: RunDir, catalog: Catalog, spec: LocalizerSpe
             or stage3.model.backbone != spec.model.backbone
             or stage3.model.image_size != spec.model.image_size):
         return spec
-    from ghns.stage3.train import start_model
+    from ghns.train_final.train import start_model
 
     start = start_model(stage3)
     if weights_digest(build_localizer(spec.model.to_dict()).backbone.blocks[:first]) != start.trunk_digest():

@@ -18,24 +18,14 @@ from torch.nn import functional as F
 from ghns.data.catalog import Catalog
 from ghns.data.tensors import augment, load_images, to_float
 from ghns.losses import part_area, part_compactness, part_presence, part_separation
-from ghns.models.backbones import cpu_layout, create_backbone
-from ghns.models.localizer import PartLocalizer
+from ghns.models.backbones import cpu_layout
+from ghns.models.localizer import PartLocalizer, build_localizer
 from ghns.checkpoint import save_checkpoint
 from ghns.train.epochs import Training, run_epochs
 from ghns.train.runner import WorkerContext
-from ghns.train.specs import LocalizerSpec, ModelSpec
+from ghns.train.specs import LocalizerSpec
 from ghns.train.streams import Streams
 
-
-def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> PartLocalizer:
-    """The localizer that ``settings`` (what its checkpoint records: ``ModelSpec``'s fields)
-    describe, with ``pretrained`` weights instead of its own if given."""
-    spec = ModelSpec.from_settings(settings)
-    backbone = create_backbone(spec.backbone, pretrained or spec.pretrained)
-    model = PartLocalizer(backbone, spec.num_classes, n_parts=3, frozen_blocks=spec.frozen_blocks)
-    for p in model.backbone.blocks[: spec.frozen_blocks].parameters():
-        p.requires_grad_(False)
-    return model
 
 
 @torch.no_grad()

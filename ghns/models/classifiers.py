@@ -17,7 +17,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ghns.models.backbones import Backbone
+from typing import Any
+
+from ghns.models.backbones import Backbone, create_backbone
+from ghns.models.registry import register_model
+
+IMAGE_FORMAT = 2  # format 1 (a 128-d embedding from the localizer's weights) predates LP-FT
+PARTS_FORMAT = 2  # format 1 (a 128-d projection from scratch) predates LP-FT
 
 
 @torch.no_grad()
@@ -134,3 +140,16 @@ class PartsClassifier(nn.Module):
         z = (sets - self.mean) / self.std
         f = z + self.project(z)
         return F.normalize(f, dim=1), self.classify(f)
+
+
+@register_model("image_classifier", format=("image classifier", IMAGE_FORMAT))
+def build_image_classifier(settings: dict[str, Any], pretrained: str | None = None) -> ImageClassifier:
+    """The classifier that ``settings`` (what its checkpoint records: ``ModelSpec``'s fields and
+    more) describe, with ``pretrained`` weights instead of its own if given."""
+    return ImageClassifier(create_backbone(settings["backbone"], pretrained or settings["pretrained"]),
+                           settings["num_classes"], settings["frozen_blocks"])
+
+
+@register_model("parts_classifier", format=("parts classifier", PARTS_FORMAT))
+def build_parts_classifier(settings: dict[str, Any], pretrained: str | None = None) -> PartsClassifier:
+    return PartsClassifier(settings["n_parts"], settings["part_dim"], settings["num_classes"], settings["hidden"])

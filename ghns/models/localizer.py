@@ -20,7 +20,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ghns.models.backbones import Backbone
+from typing import Any
+
+from ghns.models.backbones import Backbone, create_backbone
+from ghns.models.registry import register_model
 
 
 class PartLocalizer(nn.Module):
@@ -64,3 +67,15 @@ class PartLocalizer(nn.Module):
         """Class activation maps ``W_c . F`` of one class per image: (N, h, w)."""
         weights = self.cam_head.weight[classes]  # (N, C)
         return torch.einsum("nchw,nc->nhw", feats, weights)
+
+
+@register_model("localizer")
+def build_localizer(settings: dict[str, Any], pretrained: str | None = None) -> PartLocalizer:
+    """The localizer that ``settings`` (what its checkpoint records: ``ModelSpec``'s fields)
+    describe, with ``pretrained`` weights instead of its own if given."""
+    frozen = settings["frozen_blocks"]
+    backbone = create_backbone(settings["backbone"], pretrained or settings["pretrained"])
+    model = PartLocalizer(backbone, settings["num_classes"], n_parts=3, frozen_blocks=frozen)
+    for p in model.backbone.blocks[:frozen].parameters():
+        p.requires_grad_(False)
+    return model

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from typing import Any
+
 from ghns.models.backbones import Backbone, create_backbone
+from ghns.models.registry import register_model
 
 
 class PartNetwork(nn.Module):
@@ -106,3 +109,17 @@ class FilterNet(nn.Module):
         assert isinstance(linear, nn.Linear)
         weight = linear.weight.view(-1, self.n_parts, self.embedding_dim)  # (C, P, D)
         return [e @ weight[:, k].T for k, e in enumerate(embeddings)], linear.bias
+
+
+@register_model("part_networks")
+def build_parts(settings: dict[str, Any], pretrained: str | None = None) -> PartNetworks:
+    """The part networks that ``settings`` (what their checkpoint records:
+    ``PartNetworksSpec.settings``) describe, with ``pretrained`` weights instead if given."""
+    hidden = settings.get("discriminator_hidden", 256)  # checkpoints before it was a setting
+    return PartNetworks(settings["backbone"], pretrained or settings["pretrained"], settings["embedding_dim"],
+                        settings["num_classes"], settings["frozen_blocks"], 3, hidden)
+
+
+@register_model("filternet")
+def build_filternet(settings: dict[str, Any], pretrained: str | None = None) -> FilterNet:
+    return FilterNet(settings["n_parts"], settings["embedding_dim"], settings["num_classes"], settings["hidden"])

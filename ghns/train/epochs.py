@@ -66,11 +66,11 @@ class KeepBest:
     a later epoch replaces it only when strictly better on val and, given each val image's
     correctness, better beyond chance: the one-sided sign test of the epoch against the start on
     the val images they disagree on must reach ``p <= replace_start_p``. The best of a dozen
-    noisy epochs on 150 images is otherwise often a lucky one (seed 1 of README's CUB study kept
+    noisy epochs on 150 images is otherwise often a lucky one (seed 1 of the CUB study in docs/results.md kept
     an epoch 2 images above its probe on val that fell 1.4 points below it on test).
 
     ``patience``: training stops once that many epochs in a row have not replaced the kept
-    weights (0: never early). On a val split every fine-tuned epoch of the README runs lost to
+    weights (0: never early). On a val split every fine-tuned epoch of the runs in docs/results.md lost to
     its probe start (synthetic and CUB-50), and the epochs after the first few only cost time.
 
     ``start="not_worse"`` turns the burden of proof around: the first fine-tuned epoch replaces

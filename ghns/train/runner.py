@@ -259,7 +259,7 @@ def _quiet_ray_train_worker() -> None:
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` flag of
     Linux's ``/proc/cpuinfo``, or ``cpuinfo``'s text): there bf16 autocast ran the synthetic
-    default's epochs 1.15-1.3x faster (README, Speed of the default); elsewhere oneDNN would
+    default's epochs 1.15-1.3x faster (docs/speed.md, Speed of the default); elsewhere oneDNN would
     emulate it, slower than float32."""
     if cpuinfo is None:
         try:
@@ -370,7 +370,7 @@ class WorkerContext:
         the part networks over a pretrained backbone). These stay float32: they are small, bf16
         bought almost nothing there (cub50-dev: the localizer's 40 epochs 13.7 s in bf16 against
         22.2 s, the part networks' 37.9 s both ways) and its rounding moved the localizer's boxes
-        by pixels, and with them a few test images of every classifier after it (README, Speed)."""
+        by pixels, and with them a few test images of every classifier after it (docs/speed.md)."""
         if not self.amp or cached:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -186,7 +186,7 @@ class LocalizerSpec(TrainingSpec):
 
 @dataclass(frozen=True)
 class PartNetworksSpec(TrainingSpec):
-    """Stage 1's three part networks (``ghns.stage1.train.stage1_loop``), paper Eq. 7."""
+    """Stage 1's three part networks (``ghns.train_parts.train.train_parts_loop``), paper Eq. 7."""
 
     localization: str
     embedding_dim: int
@@ -198,7 +198,7 @@ class PartNetworksSpec(TrainingSpec):
     triplet_mining: str
     batch_classes: int
     batch_images: int
-    trunks: str | None = None  # the run's part-crop frozen-trunk outputs (ghns.stage1.part_trunks), if made
+    trunks: str | None = None  # the run's part-crop frozen-trunk outputs (ghns.train_parts.part_trunks), if made
 
     def settings(self) -> dict[str, Any]:
         """What the part networks' checkpoint records."""
@@ -220,7 +220,7 @@ class PartNetworksSpec(TrainingSpec):
 
 @dataclass(frozen=True)
 class ImageClassifierSpec(TrainingSpec):
-    """The original-image and object classifiers (``ghns.stage3.train.image_classifier_loop``):
+    """The original-image and object classifiers (``ghns.train_final.train.image_classifier_loop``):
     ``lambda_image * L_cls + (1 - lambda_image) * L_triplet``, LP-FT."""
 
     localization: str
@@ -262,10 +262,48 @@ class ImageClassifierSpec(TrainingSpec):
 
 
 @dataclass(frozen=True)
-class PartsClassifierSpec(Spec):
-    """The parts classifier (``ghns.stage3.train.parts_classifier_loop``), paper Eq. 10."""
+class PartsSettings:
+    """How one parts classifier trains (``ghns.train_final.parts``; names as in ``ghns.config.Config``)."""
 
-    parts: Any  # ghns.stage3.parts.PartsSettings (its own dataclass, Config names)
+    parts_hidden: int
+    lambda_parts: float
+    quad_m1: float
+    quad_m2: float
+    parts_epochs: int
+    parts_lr: float
+    optimizer: str
+    weight_decay: float
+    lr_step_epochs: int
+    lr_gamma: float
+    batch_classes: int
+    batch_images: int
+    negatives_per_anchor: int = 1
+    replace_start_p: float = 1.0
+    patience: int = 0
+    parts_keep: str = "better"
+    negative_logits: str = "none"
+    negative_logits_weight: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PartsSettings":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "PartsSettings":
+        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
+
+    def optim(self):
+        """The optimiser's settings (``OptimSpec``)."""
+        return OptimSpec(lr=self.parts_lr, epochs=self.parts_epochs, optimizer=self.optimizer,
+                         weight_decay=self.weight_decay, lr_step_epochs=self.lr_step_epochs,
+                         lr_gamma=self.lr_gamma)
+
+
+@dataclass(frozen=True)
+class PartsClassifierSpec(Spec):
+    """The parts classifier (``ghns.train_final.train.parts_classifier_loop``), paper Eq. 10."""
+
+    parts: Any  # ghns.train_final.parts.PartsSettings (its own dataclass, Config names)
     embeddings: str
     negatives: str
     output: str
@@ -280,8 +318,6 @@ class PartsClassifierSpec(Spec):
     @classmethod
     def from_config(cls, cfg: Config, run, num_classes: int, use_negatives: bool,
                     output: Path) -> "PartsClassifierSpec":
-        from ghns.stage3.parts import PartsSettings
-
         return cls(parts=PartsSettings.from_config(cfg), embeddings=_path(run.embeddings),
                    negatives=_path(run.negatives), output=_path(output), num_classes=num_classes,
                    seed=cfg.seed, use_negatives=use_negatives)
@@ -305,9 +341,6 @@ class StudySpec(Spec):
 
 
 def _with_parts_settings(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with its ``parts`` entry as a ``PartsSettings`` (a dataclass of stage 3's, not a
-    ``Spec``: imported here, when needed, to keep this module free of torch)."""
-    from ghns.stage3.parts import PartsSettings
-
+    """``values`` with its ``parts`` entry as a ``PartsSettings``."""
     parts = values["parts"]
     return {**values, "parts": parts if isinstance(parts, PartsSettings) else PartsSettings.from_dict(parts)}

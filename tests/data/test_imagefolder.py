@@ -77,7 +77,7 @@ def test_shared_flowers12(shared_data):
     # 720 train images: 10% would be 72 val images, so the share rises to 0.21 (13 of 60 per class)
     assert (counts["train"] + counts["val"] == 60).all() and (counts["val"] == 13).all()
     assert "0.21 per class (--val-fraction 0.1 raised to hold at least 150 images)" in catalog.info["val"]
-    assert len(catalog.info["duplicate_groups"]) == 1  # the README's byte-identical pair
+    assert len(catalog.info["duplicate_groups"]) == 1  # the byte-identical pair docs/running.md names
 
 
 def test_a_small_dataset_gets_a_val_split_of_at_least_min_val_images(tmp_path):

@@ -20,7 +20,7 @@ def test_pretrained_localizer_reads_the_classifiers_trunk_outputs(tmp_path, cli,
     from ghns.data.catalog import Catalog
     from ghns.localize.infer import LocalizeActor
     from ghns.rundir import RunDir
-    from ghns.stage3.stage import with_trunks
+    from ghns.train_final.stage import with_trunks
     from ghns.train.specs import ImageClassifierSpec
 
     weights = pretrained_tiny_weights(tmp_path / "tiny.pt")
