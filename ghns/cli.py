@@ -42,14 +42,20 @@ app.add_typer(show_app, name="show")
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML file whose keys are these flags.")
 
 
-def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool = True) -> Callable:
+def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool = True,
+                shown: tuple[str, ...] | None = None) -> Callable:
     """Add one ``--flag`` per Config field of ``sections`` to a command.
 
     The command receives ``cfg``: defaults < run dir's config.yaml < --config file < flags
-    (the run dir's saved config is skipped with ``use_run_dir=False``).
+    (the run dir's saved config is skipped with ``use_run_dir=False``). ``shown``: the sections
+    or field names whose flags ``--help`` lists (all when None); the others are still read, and
+    ``ghns config --help`` lists every one.
     """
     fields = [f for f in dataclasses.fields(Config)
               if f.metadata.get("section") in sections and f.name not in exclude]
+
+    def listed(f: dataclasses.Field) -> bool:
+        return shown is None or f.name in shown or f.metadata.get("section") in shown
 
     def deco(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
@@ -76,7 +82,7 @@ def with_config(*sections: str, exclude: tuple[str, ...] = (), use_run_dir: bool
             help_text += f" (default: {f.default})"
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=help_text, show_default=False),
+                default=typer.Option(None, *decls, help=help_text, show_default=False, hidden=not listed(f)),
                 annotation=Optional[typ]))
         setattr(wrapper, "__signature__", sig.replace(parameters=params))  # what typer reads
         return wrapper
@@ -350,7 +356,7 @@ def _picture_command(name: str, draw: str, rows_default: int, rows_help: str, su
         typer.echo(f"wrote {getattr(figures, draw)(RunDir(cfg.run_dir), rows=rows, out=out, seed=cfg.seed)}")
 
     command.__doc__, command.__name__ = summary, f"show_{name}"
-    show_app.command(name)(with_config("run")(command))
+    show_app.command(name)(with_config("run", shown=("run_dir", "seed", "quiet"))(command))
 
 
 for _picture in PICTURES:
@@ -365,6 +371,8 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 
 # -- one command per stage (``ghns.stages``): run it and the stages before it, print its figures --
 
+STAGE_HELP = ("Listed: the dataset's, this stage's and the run's settings. The earlier stages' settings "
+              "are read too (this command runs them first where needed): 'ghns config --help' lists them all.")
 PRINTERS: dict[str, Callable[[dict[str, Any], Any], None]] = {
     "localize": print_localization, "train-parts": print_train_parts, "generate": print_generate,
     "train-final": print_train_final, "evaluate": print_report}
@@ -378,8 +386,9 @@ def _stage_command(record: Stage) -> None:
         run_until(cfg, record.name, force=force)
         print_figures(RunDir(cfg.run_dir), record.name)
 
-    command.__doc__, command.__name__ = record.summary, record.name.replace("-", "_")
-    app.command(record.name)(with_config(*ALL_SECTIONS)(command))
+    command.__doc__ = f"{record.summary}\n\n{STAGE_HELP}"
+    command.__name__ = record.name.replace("-", "_")
+    app.command(record.name)(with_config(*ALL_SECTIONS, shown=("catalog", record.name, "run"))(command))
 
 
 for _record in STAGES:

@@ -201,10 +201,9 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     catalog = Catalog.read(run.catalog)
-    banks = [BankSpec(t, n) for t in (tau_grid or [cfg.tau]) for n in (per_class_grid or [cfg.per_class])]
     main_bank = BankSpec(cfg.tau, cfg.per_class)
-    if main_bank not in banks:
-        banks.insert(0, main_bank)
+    banks = [BankSpec(t, n) for t in (tau_grid or [cfg.tau]) for n in (per_class_grid or [cfg.per_class])]
+    banks = banks if main_bank in banks else [main_bank, *banks]
     folders = bank_folders(cfg, run, folder, banks)
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
     jobs = plan(seed_list, banks)
@@ -213,15 +212,7 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     digest = _digest({"parts": parts, "inputs": _embeddings_stamp(run),
                       **({"train_per_class": train_per_class} if train_per_class else {}),
                       **({"rejection": sorted(rejection)} if rejection else {})})
-    jobs_dir = folder / "jobs" / digest
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    rejection_file = None
-    if rejection:
-        from ghns.rejection import write_inputs_for_study
-
-        rejection_file = jobs_dir.parent / f"{digest}-rejection-embeddings.npz"
-        if not rejection_file.is_file():
-            write_inputs_for_study(rejection, rejection_file)
+    jobs_dir, rejection_file = _jobs_folder(folder, digest, rejection)
     todo = [j for j in jobs if not (jobs_dir / f"{j.name}.npz").is_file()]
     start = time.perf_counter()
     if todo:
@@ -243,6 +234,22 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     atomic_write_text(folder / "study.md", render_study(result))
     study_figure(result, folder / "study.png")
     return result
+
+
+def _jobs_folder(folder: Path, digest: str, rejection: dict[str, dict[str, np.ndarray]] | None
+                 ) -> tuple[Path, Path | None]:
+    """The folder of the jobs of these settings, and the rejection images' part embeddings for
+    the workers (written once), if the run has unknown images."""
+    jobs_dir = folder / "jobs" / digest
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    if not rejection:
+        return jobs_dir, None
+    from ghns.rejection import write_inputs_for_study
+
+    rejection_file = jobs_dir.parent / f"{digest}-rejection-embeddings.npz"
+    if not rejection_file.is_file():
+        write_inputs_for_study(rejection, rejection_file)
+    return jobs_dir, rejection_file
 
 
 def _rejection_inputs(cfg: Config, run: RunDir, catalog) -> dict[str, dict[str, np.ndarray]] | None:
@@ -349,7 +356,7 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
                     rejection: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """study.json from the jobs' scores and the run's val/test scores (see the module doc)."""
     from ghns.rejection import KINDS, confidences
-    from ghns.stats import auroc, mcnemar, mean_std, paired_auroc_bootstrap, paired_bootstrap
+    from ghns.stats import mcnemar, mean_std, paired_bootstrap
 
     labels = run_scores["test"]["label"]
     preds = {name: arm_predictions(job, run_scores, rule, step) for name, job in scores.items()}
@@ -383,48 +390,23 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
     if all(f"mined-s{s}" in scores for s in seeds):
         arm_names["mined"] = "mined-s{seed}"
         result["arms"]["mined"] = {w: top1(correct(arm_names["mined"], w)) for w in ("parts", "fused")}
-    vs: dict[str, dict[str, Any]] = {}
-    for arm in ("generated", "mined"):
-        if arm not in arm_names:
-            continue
-        vs[arm] = {}
-        for which in ("parts", "fused"):
-            boot = paired_bootstrap(correct(arm_names[arm], which), correct(without, which), n_boot=n_boot)
-            vs[arm][which] = {"mean": boot["mean"], "ci95": boot["ci95"]}
-    kinds = [k for k in KINDS if rejection and k in rejection]
-    if kinds and rejection is not None:
+    vs: dict[str, dict[str, Any]] = {
+        arm: {which: {k: boot[k] for k in ("mean", "ci95")} for which in ("parts", "fused")
+              for boot in [paired_bootstrap(correct(arm_names[arm], which), correct(without, which), n_boot=n_boot)]}
+        for arm in ("generated", "mined") if arm in arm_names}
+    if rejection and any(k in rejection for k in KINDS):
         def job_confidences(job: str) -> dict[str, dict[str, np.ndarray]]:  # from the job's saved parts scores
             return confidences(rejection, lambda name, _: scores[job][f"reject/{name}"], preds[job]["rule"])
 
         conf = {arm: [job_confidences(name.format(seed=s)) for s in seeds] for arm, name in arm_names.items()}
-        result["rejection"] = {arm: {f"{k}_auroc": {w: [round(auroc(c["known"][w], c[k][w]), 4) for c in per_seed]
-                                                     for w in ("parts", "fused")} for k in kinds}
-                               for arm, per_seed in conf.items()}
-        for arm, per_seed in conf.items():  # the same on val, where a choice between settings is made
-            for k in kinds:
-                if f"{k}_val" in rejection and "known_val" in rejection:
-                    result["rejection"][arm][f"{k}_auroc_val"] = {
-                        w: [round(auroc(c["known_val"][w], c[f"{k}_val"][w]), 4) for c in per_seed]
-                        for w in ("parts", "fused")}
-        result["rejection_images"] = {name: int(len(d["original"])) for name, d in rejection.items()}
-        for arm in vs:
-            for k in kinds:
-                for w, key in (("fused", f"{k}_auroc"), ("parts", f"{k}_auroc_parts")):
-                    boot = paired_auroc_bootstrap(
-                        np.stack([c["known"][w] for c in conf[arm]]), np.stack([c[k][w] for c in conf[arm]]),
-                        np.stack([c["known"][w] for c in conf["without"]]), np.stack([c[k][w] for c in conf["without"]]),
-                        n_boot=min(n_boot, 2000))
-                    vs[arm][key] = {"mean": boot["mean"], "ci95": boot["ci95"]}
+        result.update(_rejection_summary(conf, rejection, vs, min(n_boot, 2000)))
     result["vs_without"] = vs
     result["summary"] = {arm: {w: mean_std(v) for w, v in vals.items()} for arm, vals in result["arms"].items()}
     result["grid"] = grid
-    result["fusion"] = {arm: [preds[(without if arm == "without" else f"with-{main.key}-s{{seed}}")
-                                    .format(seed=s)]["fusion"] for s in seeds]
-                        for arm in ("with", "without")}
+    pair = (("with", arm_names["generated"]), ("without", without))
+    result["fusion"] = {arm: [preds[name.format(seed=s)]["fusion"] for s in seeds] for arm, name in pair}
     result["confused_pairs"] = confused_pair_errors(
-        {arm: [preds[name.format(seed=s)]["fused"] for s in seeds]
-         for arm, name in (("with", f"with-{main.key}-s{{seed}}"), ("without", without))},
-        labels, class_names)
+        {arm: [preds[name.format(seed=s)]["fused"] for s in seeds] for arm, name in pair}, labels, class_names)
     return result
 
 
@@ -449,9 +431,46 @@ def confused_pair_errors(arm_preds: dict[str, list[np.ndarray]], labels: np.ndar
                 for arm in arm_preds}} for (a, b), _ in ranked]
 
 
+def _rejection_summary(conf: dict[str, list[dict[str, dict[str, np.ndarray]]]],
+                       rejection: dict[str, dict[str, np.ndarray]], vs: dict[str, dict[str, Any]],
+                       n_boot: int) -> dict[str, Any]:
+    """``rejection`` (each arm's per-seed AUROCs, test and val) and ``rejection_images`` of
+    study.json; adds each arm's AUROC minus "without" (fused and parts) to ``vs``."""
+    from ghns.rejection import KINDS
+    from ghns.stats import auroc, paired_auroc_bootstrap
+
+    kinds = [k for k in KINDS if k in rejection]
+    out: dict[str, Any] = {arm: {f"{k}_auroc": {w: [round(auroc(c["known"][w], c[k][w]), 4) for c in per_seed]
+                                                for w in ("parts", "fused")} for k in kinds}
+                           for arm, per_seed in conf.items()}
+    for arm, per_seed in conf.items():  # the same on val, where a choice between settings is made
+        for k in kinds:
+            if f"{k}_val" in rejection and "known_val" in rejection:
+                out[arm][f"{k}_auroc_val"] = {w: [round(auroc(c["known_val"][w], c[f"{k}_val"][w]), 4)
+                                                  for c in per_seed] for w in ("parts", "fused")}
+    for arm in vs:
+        for k in kinds:
+            for w, key in (("fused", f"{k}_auroc"), ("parts", f"{k}_auroc_parts")):
+                boot = paired_auroc_bootstrap(
+                    np.stack([c["known"][w] for c in conf[arm]]), np.stack([c[k][w] for c in conf[arm]]),
+                    np.stack([c["known"][w] for c in conf["without"]]), np.stack([c[k][w] for c in conf["without"]]),
+                    n_boot=n_boot)
+                vs[arm][key] = {"mean": boot["mean"], "ci95": boot["ci95"]}
+    return {"rejection": out, "rejection_images": {name: int(len(d["original"])) for name, d in rejection.items()}}
+
+
 def render_study(result: dict[str, Any]) -> str:
-    s = result["summary"]
-    seeds = result["seeds"]
+    lines = _render_paired(result) + _render_arms(result) + _render_seeds_and_grid(result)
+    if result.get("confused_pairs"):
+        lines += ["", "Most confused class pairs (fused, test errors per seed):", "",
+                  "| classes | with | without |", "| --- | --- | --- |"]
+        lines += [f"| {p['classes'][0]} / {p['classes'][1]} | {p['with']} | {p['without']} |"
+                  for p in result["confused_pairs"]]
+    return "\n".join(lines) + "\n"
+
+
+def _render_paired(result: dict[str, Any]) -> list[str]:
+    s, seeds = result["summary"], result["seeds"]
     lines = [f"# ghns study: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), "
              f"{result['test_images']} test images", "",
              "Test top-1 (%), mean +- std over seeds; the fusion chosen on val per classifier. "
@@ -464,6 +483,12 @@ def render_study(result: dict[str, Any]) -> str:
         lines.append(f"| {which} | {s['with'][which]['mean']} +- {s['with'][which]['std']} | "
                      f"{s['without'][which]['mean']} +- {s['without'][which]['std']} | "
                      f"{p['mean']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] | {p['mcnemar_p']:.3g} |")
+    return lines
+
+
+def _render_arms(result: dict[str, Any]) -> list[str]:
+    """The arms against "without" (top-1 and AUROC) and the AUROC of each arm."""
+    lines: list[str] = []
     vs = result.get("vs_without") or {}
     if vs:
         metrics = [m for m in ("parts", "fused", "near_miss_auroc", "near_miss_auroc_parts", "open_set_auroc",
@@ -477,9 +502,9 @@ def render_study(result: dict[str, Any]) -> str:
                      for m in metrics]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if result.get("rejection"):
+        kinds = list(next(iter(result["rejection"].values())))
         lines += ["", "AUROC per arm, mean +- std over seeds (parts / fused):", "",
-                  "| arm | " + " | ".join(next(iter(result["rejection"].values()))) + " |",
-                  "| --- |" + " --- |" * len(next(iter(result["rejection"].values())))]
+                  "| arm | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
         for arm, per_kind in result["rejection"].items():
             cells = []
             for vals in per_kind.values():
@@ -491,9 +516,12 @@ def render_study(result: dict[str, Any]) -> str:
         m = result["summary"]["mined"]
         lines += ["", f"Mined negatives (n+ the batch-hard negative, n the nearest of a third class): parts "
                       f"{m['parts']['mean']} +- {m['parts']['std']}, fused {m['fused']['mean']} +- {m['fused']['std']}."]
-    lines += ["", f"Main bank: {result['main_bank']}.", ""]
-    lines += ["Per seed (parts with / without; fused with / without):", ""]
-    arms = result["arms"]
+    return lines
+
+
+def _render_seeds_and_grid(result: dict[str, Any]) -> list[str]:
+    seeds, arms = result["seeds"], result["arms"]
+    lines = ["", f"Main bank: {result['main_bank']}.", "", "Per seed (parts with / without; fused with / without):", ""]
     for i, seed in enumerate(seeds):
         lines.append(f"- seed {seed}: {arms['with']['parts'][i]} / {arms['without']['parts'][i]}; "
                      f"{arms['with']['fused'][i]} / {arms['without']['fused'][i]}")
@@ -507,12 +535,7 @@ def render_study(result: dict[str, Any]) -> str:
                          f"{g['parts']['mean']} +- {g['parts']['std']} | {pp['mean']:+.2f} "
                          f"[{pp['ci95'][0]:+.2f}, {pp['ci95'][1]:+.2f}] | {g['fused']['mean']} +- "
                          f"{g['fused']['std']} | {fp['mean']:+.2f} [{fp['ci95'][0]:+.2f}, {fp['ci95'][1]:+.2f}] |")
-    if result.get("confused_pairs"):
-        lines += ["", "Most confused class pairs (fused, test errors per seed):", "",
-                  "| classes | with | without |", "| --- | --- | --- |"]
-        lines += [f"| {p['classes'][0]} / {p['classes'][1]} | {p['with']} | {p['without']} |"
-                  for p in result["confused_pairs"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def study_figure(result: dict[str, Any], path: Path) -> None:

@@ -122,3 +122,18 @@ def test_console_script_exit_code(tmp_path):
                            "--root", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: dataset root not found: {tmp_path / 'missing'}"
+
+
+def test_a_command_lists_the_settings_it_uses_and_still_reads_the_others(cli):
+    code, out, _ = cli("show", "negatives", "--help")
+    assert code == 0 and "--run-dir" in out and "--rows" in out
+    for flag in ("--workers", "--amp", "--batch-size", "--tau", "--parts-epochs"):
+        assert flag not in out, flag
+    code, out, _ = cli("train-final", "--help")
+    assert code == 0 and "--parts-epochs" in out and "--dataset" in out and "--workers" in out
+    assert "--stage1-epochs" not in out and "--tau" not in out and "ghns config --help" in out
+    code, out, _ = cli("config", "--help")
+    assert "--stage1-epochs" in out and "--tau" in out and "--parts-epochs" in out
+    # a flag that is not listed is still an option of the command: its value is checked, not refused
+    code, _, err = cli("train-final", "--run-dir", "/nonexistent/ghns-run", "--stage1-epochs", "-3")
+    assert code == 2 and "No such option" not in err and "stage1" in err.replace("-", "_")

@@ -1,4 +1,4 @@
-"""The package's import graph has no circles, counting imports inside functions too (a module
+"""The package's shape: its import graph has no circles, counting imports inside functions too (a module
 that imports another only when called still depends on it), and the checkpoint module builds
 models without importing any training loop."""
 
@@ -95,3 +95,14 @@ def test_checkpoint_imports_no_training_module():
             todo.append(n)
     training = {m for m in seen if m.startswith(("ghns.train.", "ghns.train_parts", "ghns.generate", "ghns.train_final", "ghns.localize"))}
     assert training == set(), training
+
+
+def test_no_function_is_longer_than_60_lines():
+    """A function that does not fit on a screen is split into named steps."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                if node.end_lineno - node.lineno + 1 > 60:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert long == []

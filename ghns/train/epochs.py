@@ -6,7 +6,7 @@ classifiers) builds its model, optimiser, schedule and random streams (a ``Train
 losses) and ``evaluate()`` (its validation figures, and each val image's correctness where the
 loop keeps a best epoch). ``run_epochs`` owns the rest, in one order for all of them:
 
-1. resume from the last reported checkpoint (``runner.resume``), or on a fresh start let the loop
+1. resume from the last reported checkpoint (``resume``), or on a fresh start let the loop
    set its start (``start``: the linear probe of LP-FT) and offer it as epoch -1 to ``KeepBest``;
 2. each epoch: fault injection (tests), ``train_epoch``, the schedule's epoch step, ``evaluate``,
    ``KeepBest``, the epoch's metrics and seconds, and the report (history line, progress line,
@@ -29,8 +29,38 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ghns.train.runner import resume, training_state
 from ghns.train.streams import Streams
+
+
+
+def training_state(model, opt, sched, epoch: int, streams, best=None) -> dict[str, Any]:
+    """What a loop reports as its checkpoint after ``epoch``: weights, optimiser, schedule, random
+    streams (``ghns.train.streams``) and, where the loop keeps one, its best epoch (``KeepBest``)."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "epoch": epoch, "streams": streams.state()}
+    if best is not None:
+        state["best"] = best.dump()
+    return state
+
+
+def resume(state: dict[str, Any] | None, model, opt, sched, streams, best=None,
+           old_seed: Callable[[int], int] | None = None) -> int:
+    """Load a ``training_state`` into the arguments; returns the epoch to start from (0 without
+    one). A checkpoint of an older ghns (no saved streams) continues with the streams reseeded
+    ``old_seed(start)`` (what that version did), or as they are when ``old_seed`` is None."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    if best is not None:
+        best.load(state.get("best"))
+    start = state["epoch"] + 1
+    if "streams" in state:
+        streams.load(state["streams"])
+    elif old_seed is not None:
+        streams.reseed(old_seed(start))
+    return start
 
 
 class Host(Protocol):
@@ -167,7 +197,7 @@ def run_epochs(host: Host, t: Training, epochs: int, train_epoch: Callable[[], d
                extra: dict[str, Any] | None = None) -> int | None:
     """Train ``t`` for ``epochs`` (see the module's docstring); returns the epoch whose weights
     the model ends with when ``t.best`` keeps one (-1: the start), else None. ``old_seed``:
-    how a checkpoint of an older ghns (no saved streams) reseeds them (``runner.resume``);
+    how a checkpoint of an older ghns (no saved streams) reseeds them (``resume``);
     ``extra``: figures added to every epoch's metrics."""
     first = resume(host.restore(), t.model, t.opt, t.sched, t.streams, t.best, old_seed)
     if first == 0 and start is not None:

@@ -288,36 +288,6 @@ def _tune_callbacks() -> list:
     return [TuneReportCallback()]
 
 
-def training_state(model, opt, sched, epoch: int, streams, best=None) -> dict[str, Any]:
-    """What a loop reports as its checkpoint after ``epoch``: weights, optimiser, schedule, random
-    streams (``ghns.train.streams``) and, where the loop keeps one, its best epoch (``KeepBest``)."""
-    state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-             "epoch": epoch, "streams": streams.state()}
-    if best is not None:
-        state["best"] = best.dump()
-    return state
-
-
-def resume(state: dict[str, Any] | None, model, opt, sched, streams, best=None,
-           old_seed: Callable[[int], int] | None = None) -> int:
-    """Load a ``training_state`` into the arguments; returns the epoch to start from (0 without
-    one). A checkpoint of an older ghns (no saved streams) continues with the streams reseeded
-    ``old_seed(start)`` (what that version did), or as they are when ``old_seed`` is None."""
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    if best is not None:
-        best.load(state.get("best"))
-    start = state["epoch"] + 1
-    if "streams" in state:
-        streams.load(state["streams"])
-    elif old_seed is not None:
-        streams.reseed(old_seed(start))
-    return start
-
-
 def ray_train_checkpoint(storage: Path) -> Path | None:
     """The last checkpoint Ray Train registered in its run folder ``storage``, if any: a run
     interrupted under Ray Train resumes from it in a local run (``trains_locally``). Read from

@@ -171,7 +171,7 @@ def test_streams_survive_a_weights_only_checkpoint():
 
 
 def test_resume_loads_a_training_state_and_reseeds_an_old_one():
-    from ghns.train.runner import resume, training_state
+    from ghns.train.epochs import resume, training_state
     from ghns.train.streams import Streams
 
     model = torch.nn.Linear(2, 2)
