@@ -15,6 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from ghns.atomic import atomic_path, load_torch, save_torch
 from ghns.errors import StageError
 from ghns.models.registry import create_model, kinds, model_format
 
@@ -30,22 +31,16 @@ def __getattr__(name: str) -> Any:
 def save_checkpoint(path: str | Path, model, settings: dict[str, Any]) -> None:
     """``{"model": model's state dict, "settings": settings}`` to ``path``, atomically: the one
     layout every model file of a run has (``load_checkpoint`` reads it)."""
-    import torch
-
-    from ghns.atomic import atomic_path
-
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "settings": settings}, tmp)
+        save_torch({"model": model.state_dict(), "settings": settings}, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu",
                     format: tuple[str, int] | None = None) -> Any:
     """The checkpoint in ``path``. With ``format=(what, n)`` its ``settings["format"]`` must be
     ``n`` (checkpoints without one are format 1): an older model is refused in one line."""
-    import torch
-
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_torch(path, map_location)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StageError(f"{path}: refused, not a plain ghns checkpoint (tensors and settings only): "

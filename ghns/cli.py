@@ -366,7 +366,7 @@ for _picture in PICTURES:
 # -- entry point -----------------------------------------------------------------------------
 
 # Errors of the machine, not of ghns: a full disk, a read-only or foreign directory.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 # -- one command per stage (``ghns.stages``): run it and the stages before it, print its figures --
@@ -398,7 +398,7 @@ for _record in STAGES:
 
 def os_error_line(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
     hint = ("free some space or use another --run-dir" if full else
             "check the permissions of the run directory and the dataset, or use another --run-dir")
     return f"{where}{exc.strerror or exc} ({hint})"

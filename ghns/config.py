@@ -30,6 +30,9 @@ BACKBONE_NAMES = ("tiny_cnn", "resnet18", "resnet50", "vgg16", "efficientnet_lit
 _NEW = object()  # marks an option that has been there from the start
 
 
+SEED_MAX = 2**31 - 1  # seeds are combined (seed * 1000 + worker, ...) and must stay within torch's int64
+
+
 def _opt(default, help: str, *, choices: Iterable[str] | None = None, low=None, high=None,
          low_open: bool = False, high_open: bool = False, section: str = "run", before=_NEW):
     """A config field with its CLI help text and the bounds it is validated against.
@@ -85,9 +88,9 @@ class Config:
                                     "the smallest CRC-32. 0 = none.", low=0, section="catalog",
                                  before=0)
     synthetic_seed: int = _opt(0, "Synthetic dataset: seed of its pixels (the split seed is --seed).",
-                               low=0, section="catalog")
+                               low=0, high=SEED_MAX, section="catalog")
     seed: int = _opt(0, "Seed for the validation split, sampling and initialisation.", low=0,
-                     section="catalog")
+                     high=SEED_MAX, section="catalog")
     # -- localization ----------------------------------------------------------------------
     backbone: str = _opt("auto", "Backbone of every network: tiny_cnn, resnet18, resnet50, vgg16, "
                                  "efficientnet_lite0; 'auto' takes tiny_cnn on the synthetic "
@@ -295,6 +298,8 @@ class Config:
     ray_address: str | None = _opt(None, "Ray cluster to join (default: $RAY_ADDRESS, else a "
                                          "local instance).")
     object_store_mb: int = _opt(512, "Object store of a local Ray instance, MiB.", low=64)
+    dashboard: bool = _opt(False, "Start the dashboard of a local Ray instance (127.0.0.1 only; Ray's "
+                                  "token authentication stays on, as for the whole instance).")
     quiet: bool = _opt(False, "Print warnings and results only: no stage and epoch progress lines.")
 
     # ------------------------------------------------------------------------------------

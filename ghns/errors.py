@@ -19,3 +19,8 @@ class DataError(GHNSError):
 
 class StageError(GHNSError):
     """A stage that cannot run: its inputs are missing from the run directory."""
+
+
+class RunFileError(GHNSError):
+    """A file of a run directory that cannot be read back: truncated, empty, or not what ghns
+    wrote there. The message names the file and what to do."""

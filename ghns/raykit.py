@@ -2,7 +2,7 @@
 
 Everything Ray-specific that stages share lives here, so the math stays in pure functions and
 each stage's Ray code is a few lines. On a laptop ``ensure_ray`` starts a small local instance
-(all CPUs, a small object store, its dashboard); inside ``ray job submit`` or with ``--ray-address``
+(all CPUs, a small object store; its dashboard only with ``--dashboard``); inside ``ray job submit`` or with ``--ray-address``
 it joins the cluster.
 """
 
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Quiet, local-friendly defaults; a user's environment wins.
-for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(_key, _value)
+# Quiet by default; a user's environment wins. Ray's token authentication (on by default for the
+# local clusters Ray 2.60 starts) is left as Ray sets it: a Ray that ghns starts is locked.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def ensure_ray(cfg=None) -> None:
@@ -37,7 +37,8 @@ def ensure_ray(cfg=None) -> None:
         return
     store_mb = getattr(cfg, "object_store_mb", 512)
     ray.init(num_cpus=os.cpu_count(), object_store_memory=store_mb * 2**20,
-             include_dashboard=True, log_to_driver=True, configure_logging=False)
+             include_dashboard=bool(getattr(cfg, "dashboard", False)), log_to_driver=True,
+             configure_logging=False)
 
 
 def cluster_gpus() -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ghns import stages as _stages
-from ghns.atomic import atomic_path, atomic_write_text, temporary_name  # noqa: F401 - re-exported
+from ghns.atomic import atomic_path, atomic_write_text, read_json, remove_temporaries, temporary_name  # noqa: F401 - re-exported
 from ghns.errors import GHNSError, StageError
 
 if TYPE_CHECKING:
@@ -132,6 +132,9 @@ class RunDir:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         handle.flush()
         _HELD[key] = [handle, 1]
+        left = remove_temporaries(self.path)  # an interrupted writer's, now that none can run
+        if left:
+            log.info("%s: removed %d temporary file(s) of an interrupted run (first: %s)", self.path, len(left), left[0])
         try:
             yield
         finally:
@@ -171,7 +174,7 @@ class RunDir:
         older run directories are read as today's)."""
         if not self.stages_file.is_file():
             return {}
-        return _renamed(json.loads(self.stages_file.read_text()))
+        return _renamed(read_json(self.stages_file))
 
     def write_stages(self, stages: dict[str, Any]) -> None:
         atomic_write_text(self.stages_file, json.dumps(stages, indent=2, sort_keys=True))
@@ -190,7 +193,7 @@ class RunDir:
         output = getattr(self, stage.writes)
         if output.is_file() and self.is_done(stage.name, fp, force):
             log.info("%s: done already (%s)", stage.name, output)
-            return fp, json.loads(getattr(self, stage.figures).read_text()) if stage.figures else {}
+            return fp, read_json(getattr(self, stage.figures)) if stage.figures else {}
         return fp, None
 
     def is_done(self, stage: str, fingerprint: dict[str, Any], force: bool = False) -> bool:

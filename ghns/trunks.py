@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 
 from ghns.errors import StageError
-from ghns.rundir import RunDir, atomic_path, atomic_write_text
+from ghns.atomic import atomic_path, atomic_write_text, read_json, save_torch
+from ghns.rundir import RunDir
 
 if TYPE_CHECKING:
     from ghns.config import Config
@@ -124,7 +125,7 @@ def save_splits(folder: Path, todo: pd.DataFrame, missing: list[str], tensors: d
                 **{k: v[torch.from_numpy(mask)].clone() for k, v in tensors.items()},
                 **{k: torch.from_numpy(v[mask]) for k, v in (arrays or {}).items()}}
         with atomic_path(folder / f"{split}.pt") as tmp:
-            torch.save(data, tmp)
+            save_torch(data, tmp)
 
 
 def run_fill(cfg: Config, rows: pd.DataFrame, actor_cls: type, actor: dict[str, Any],
@@ -191,7 +192,7 @@ def read_trunks(folder: str | Path, split: str, image_ids: np.ndarray | None = N
     if not path.is_file():
         raise StageError(f"{path} is missing (frozen-trunk outputs); rerun the stage that makes them")
     if digest is not None:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_json(folder / "meta.json")
         if meta.get("digest") != digest:
             raise StageError(f"{folder} holds another model's frozen-trunk outputs; delete it and rerun")
     try:
@@ -244,7 +245,7 @@ class TrunkActor:
         x, xf = (self.model.trunk(v).contiguous().half().cpu() for v in (images, images.flip(-1)))
         name = f"{int(batch['_order'].iloc[0]):09d}.pt"
         with atomic_path(self.folder / name) as tmp:
-            torch.save({"x": x, "xf": xf}, tmp)
+            save_torch({"x": x, "xf": xf}, tmp)
         out = batch[["_order", "image_id"]].copy()
         out["_file"], out["_row"] = name, np.arange(len(batch))
         out["_failed"] = ["" if i not in loaded.failed else p for i, p in enumerate(batch["path"])]

@@ -70,7 +70,7 @@ def ray_session():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     import ray
 
-    import ghns.raykit  # noqa: F401 - sets RAY_USAGE_STATS_ENABLED / RAY_AUTH_MODE defaults
+    import ghns.raykit  # noqa: F401 - sets the RAY_USAGE_STATS_ENABLED default
 
     start_test_ray()
     yield ray
@@ -81,7 +81,7 @@ def start_test_ray(**extra) -> None:
     """The test session's small local Ray (``extra`` e.g. ``num_gpus=2`` for logical GPUs)."""
     import ray
 
-    import ghns.raykit  # noqa: F401 - sets RAY_USAGE_STATS_ENABLED / RAY_AUTH_MODE defaults
+    import ghns.raykit  # noqa: F401 - sets the RAY_USAGE_STATS_ENABLED default
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False,

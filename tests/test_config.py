@@ -40,6 +40,8 @@ def test_flags_override_file_override_saved_run(tmp_path):
     ("device", "tpu", "'device' must be one of auto, cpu, cuda"),
     ("seed", -1, "'seed' must be >= 0, got -1"),
     ("seed", True, "'seed' must be an integer, got True"),
+    ("seed", 10**30, "'seed' must be <= 2147483647, got 1000000000000000000000000000000"),  # torch: Overflow
+    ("synthetic_seed", 2**31, "'synthetic_seed' must be <= 2147483647"),
     ("val_fraction", float("nan"), "'val_fraction' must be a finite number"),
 ])
 def test_bad_values_are_one_line_errors(key, value, message):

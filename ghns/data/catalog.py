@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ghns.errors import DataError
-from ghns.rundir import atomic_path
+from ghns.atomic import REDO, atomic_path, read_table
+from ghns.errors import DataError, RunFileError
 
 SPLITS = ("train", "val", "test")
 
@@ -77,8 +77,10 @@ class Catalog:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"catalog not found: {path}")
-        table = pq.read_table(path)
-        meta = json.loads(table.schema.metadata[b"ghns"])
+        table = read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"ghns", b"null")) or {}
+        if "classes" not in meta:
+            raise RunFileError(f"{path}: not a ghns catalog (no class list in its metadata): {REDO}")
         return cls(meta["dataset"], table.to_pandas(), meta["classes"], meta.get("info", {}))
 
 

@@ -79,7 +79,11 @@ def build_catalog(cfg: Config, progress: bool = True):
         info["val"] = f"carved from train: {share:g} per class{raised}, seed {cfg.seed}"
     else:
         info["val"] = "the dataset's own validation split"
-    info.update({"checked": report.checked, "skipped": dict(report.skipped),
+    skipped = dict(report.skipped)
+    for reason, n in (info.pop("reader_skipped", None) or {}).items():  # skipped while listing files
+        skipped[reason] = skipped.get(reason, 0) + n
+        log.warning("%s: %d entries skipped (%s)", cfg.dataset, n, reason)
+    info.update({"checked": report.checked, "skipped": skipped,
                  "skipped_paths": report.skipped_paths[:100],
                  "duplicate_groups": report.duplicate_groups[:100],
                  "duplicates_across_splits": report.duplicates_across_splits,

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ghns.rundir import atomic_path
+from ghns.atomic import atomic_path, read_table
 from ghns.models import N_PARTS
 
 
@@ -73,7 +73,7 @@ def read_bank(folder: Path, with_embeddings: bool = True) -> tuple[pd.DataFrame,
     paths = sorted(folder.glob("class_*.parquet"))
     if not paths:
         return pd.DataFrame(), None
-    tables = [pq.read_table(p) for p in paths]
+    tables = [read_table(p) for p in paths]
     # shards written before empty ones were typed may hold a null-typed column: let them promote
     table = pa.concat_tables([t for t in tables if t.num_rows] or tables[:1], promote_options="permissive")
     meta = table.drop(["embedding"]).to_pandas()

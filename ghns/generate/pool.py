@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ghns.atomic import temporary_name
+
 
 class ArrayPool:
     """Part embeddings in memory: ``embeddings`` (N, P, D) float32 and ``labels`` (N,); rows are
@@ -147,7 +149,7 @@ class PartStore:
         import pyarrow.parquet as pq
 
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        tmp = temporary_name(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         source = pq.ParquetFile(embeddings_path)

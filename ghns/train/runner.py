@@ -32,7 +32,7 @@ import torch
 
 from ghns.checkpoint import load_checkpoint
 from ghns.errors import GHNSError
-from ghns.rundir import atomic_write_text
+from ghns.atomic import atomic_write_text, save_torch
 from ghns.train.specs import Spec, WorkerSpec, to_loop_config, worker_of
 
 if TYPE_CHECKING:
@@ -474,7 +474,7 @@ class WorkerContext:
         self._last_report = time.monotonic()
         if state is not None and self.is_main:
             with tempfile.TemporaryDirectory() as d:
-                torch.save({**state, "run": self.run_name}, Path(d) / CHECKPOINT_FILE)
+                save_torch({**state, "run": self.run_name}, Path(d) / CHECKPOINT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -488,4 +488,4 @@ class WorkerContext:
 
         self._last_report = time.monotonic()
         with atomic_path(target, suffix=".pt") as tmp:
-            torch.save(state, tmp)
+            save_torch(state, tmp)

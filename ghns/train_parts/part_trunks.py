@@ -32,7 +32,8 @@ import torch
 
 from ghns.models import N_PARTS
 from ghns.models.classifiers import weights_digest
-from ghns.rundir import RunDir, atomic_path
+from ghns.atomic import atomic_path, save_torch
+from ghns.rundir import RunDir
 from ghns.trunks import SPLITS, assemble, finish_fill, pending_fill, read_trunks, run_fill, save_splits
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class PartTrunkActor:
                          .contiguous().float().cpu() for k, net in enumerate(self.model.networks())], 1)
         name = f"{int(batch['_order'].iloc[0]):09d}.pt"
         with atomic_path(self.folder / name) as tmp:
-            torch.save({"x": x}, tmp)
+            save_torch({"x": x}, tmp)
         out = batch[["_order", "image_id"]].copy()
         out["_file"], out["_row"] = name, np.arange(len(batch))
         out["_failed"] = ["" if i not in failed else p for i, p in enumerate(batch["path"])]

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ghns.atomic import atomic_path, read_table
+
 
 def write_embeddings(path: Path, meta: pd.DataFrame, embeddings: np.ndarray) -> None:
     """``meta``: image_id, split, label per row; ``embeddings``: (N, P, D) float32."""
@@ -22,14 +24,13 @@ def write_embeddings(path: Path, meta: pd.DataFrame, embeddings: np.ndarray) -> 
     for k in range(parts):
         flat = pa.array(np.ascontiguousarray(embeddings[:, k]).reshape(-1).astype(np.float32))
         cols[f"part{k + 1}"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(cols), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(cols), tmp)
 
 
 def read_embeddings(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """(meta with image_id, split, label; embeddings (N, P, D) float32)."""
-    table = pq.read_table(path)
+    table = read_table(path)
     meta = table.select(["image_id", "split", "label"]).to_pandas()
     parts = sorted((c for c in table.column_names if c.startswith("part")), key=lambda c: int(c[4:]))
     arrays = []

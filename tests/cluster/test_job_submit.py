@@ -79,6 +79,16 @@ def _free(port: int) -> bool:
     return True
 
 
+def _auth() -> dict[str, str]:
+    """Ray's token (auth is on: ghns leaves Ray's default, and a token in ~/.ray makes ``ray
+    start`` use it too), as the dashboard's HTTP API wants it; none where there is no token."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or ""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _wait_for_dashboard(address: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     import urllib.request
 
@@ -87,7 +97,8 @@ def _wait_for_dashboard(address: str, proc: subprocess.Popen, log: Path, timeout
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(f"{address}/api/version", headers=_auth()),
+                                        timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -99,8 +110,8 @@ def _wait_for_dashboard(address: str, proc: subprocess.Popen, log: Path, timeout
 def test_ray_job_submit_runs_the_pipeline(head, tmp_path):
     run_dir, mirror = tmp_path / "run", tmp_path / "mirror"
     submission = f"ghns-test-{int(time.time())}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **({"RAY_AUTH_MODE": "token"} if _auth() else {})}
+    env.pop("RAY_ADDRESS", None)  # the client sends the token where auth is on (docs/running.md)
     for attempt in range(6):  # the head's job agent can come up after its dashboard answers
         submit = subprocess.run(
             RAY + ["job", "submit", "--address", head, "--working-dir", ".", "--no-wait",
@@ -116,7 +127,7 @@ def test_ray_job_submit_runs_the_pipeline(head, tmp_path):
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(head)
+    client = JobSubmissionClient(head, headers=_auth())
     deadline = time.time() + 900
     status = client.get_job_status(submission)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:

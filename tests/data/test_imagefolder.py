@@ -88,3 +88,32 @@ def test_a_small_dataset_gets_a_val_split_of_at_least_min_val_images(tmp_path):
     counts = build_catalog(Config(dataset="imagefolder", root=str(tmp_path), min_val_images=0),
                            progress=False).counts()
     assert counts["val"].tolist() == [2, 2, 2]  # --val-fraction as given
+
+
+def test_a_symlink_loop_counts_each_real_image_once_under_its_own_class(tmp_path):
+    import os
+
+    make_tree(tmp_path, n=4)
+    os.symlink("..", tmp_path / "train" / "daisy" / "loop")  # daisy/loop/iris/... would be iris as daisy
+    os.symlink(tmp_path / "train" / "iris" / "img_0.jpg", tmp_path / "train" / "lily" / "extra.jpg")
+    catalog = build_catalog(Config(dataset="imagefolder", root=str(tmp_path), min_val_images=0,
+                                   val_fraction=0.25), progress=False)
+    rows = catalog.table
+    assert len(rows) == 24  # 3 classes x 4 images x 2 splits, each once
+    for path, name in zip(rows["path"], rows["class_name"]):
+        assert os.path.realpath(path).split(os.sep)[-2] == name  # never another class's image
+    assert rows["path"].map(os.path.realpath).is_unique
+    assert catalog.info["skipped"]["symlink loop or repeat"] >= 2
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_counted(tmp_path):
+    import os
+
+    make_tree(tmp_path, n=4)
+    bad = os.path.join(os.fsencode(tmp_path / "train" / "daisy"), b"caf\xe9.jpg")
+    shutil.copyfile(tmp_path / "train" / "daisy" / "img_0.jpg", bad)
+    os.makedirs(os.path.join(os.fsencode(tmp_path / "test"), b"\xffclass"))
+    catalog = build_catalog(Config(dataset="imagefolder", root=str(tmp_path), min_val_images=0,
+                                   val_fraction=0.25), progress=False)
+    assert len(catalog.table) == 24 and catalog.classes == ["daisy", "iris", "lily"]
+    assert catalog.info["skipped"]["undecodable name"] == 2
