@@ -14,6 +14,7 @@ Field names are the Config names they come from (``part_area``, ``triplet_margin
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from ghns.config import Config
 
 SPEC, WORKER = "spec", "worker"  # the two entries of a loop config
-REPORT_SECONDS = 10.0  # at most one Ray Train report (and checkpoint) per this many seconds
+# at most one Ray Train report (and checkpoint) per this many seconds; GHNS_REPORT_SECONDS overrides it
+# (the kill tests set 0: a checkpoint every epoch, so that a kill can land after one)
+REPORT_SECONDS = float(os.environ.get("GHNS_REPORT_SECONDS", "10"))
 
 S = TypeVar("S", bound="Spec")
 

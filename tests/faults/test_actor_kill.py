@@ -8,7 +8,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,16 +16,20 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 def _actor_pids(name: str) -> list[int]:
-    """Worker processes whose title names ``name`` (Ray sets ``ray::<actor class>``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if name.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    """Processes of the live actors of class ``name`` in the Ray this test is connected to (its
+    session's), from Ray's own actor table: never another process of the machine, however it
+    is named."""
+    import ray._private.state as state
+
+    def named(info: dict) -> bool:  # Ray Data's actors are its map workers: their title names the class
+        if name in str(info.get("ActorClassName", "")):
+            return True
+        try:
+            return name.encode() in open(f"/proc/{int(info['Pid'])}/cmdline", "rb").read()
+        except OSError:
+            return False
+    return [int(info["Pid"]) for info in state.actors().values()
+            if info.get("State") == "ALIVE" and info.get("Pid") and named(info)]
 
 
 def test_a_killed_generator_actor_leaves_the_bank_unchanged(tiny_run, tmp_path, cli):

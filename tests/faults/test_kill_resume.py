@@ -7,7 +7,15 @@ are kept as they were (byte-identical files); the interrupted stage resumes from
 checkpoint (localize, train-parts, train-final: weights, optimiser, scheduler, best epoch and
 random streams, ``ghns.train.streams``) or its last finished class shard (generate), so the
 finished run is bitwise the uninterrupted one on the same machine (same device, threads and
-workers): ``report.json`` is equal but for the seconds each stage took."""
+workers): ``report.json`` is equal but for the seconds each stage took.
+
+That the rerun *resumed* rather than started over is checked directly, not only through equal
+reports (a deterministic restart would give them too): each training stage is killed only once a
+checkpoint of it exists (``GHNS_REPORT_SECONDS=0``: one per epoch), and the process that runs it
+next must print its first epoch after the checkpointed one; the generator is killed once a class
+shard exists, and the shards written before the kill must not be written again.
+``test_the_resume_check_fails_on_a_build_that_does_not_resume`` runs the same check against the
+package with ``resume`` switched off and requires it to fail."""
 
 from __future__ import annotations
 
@@ -32,13 +40,30 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 # tests/faults/test_train_worker_kill.py).
 LONGER = ["--localize-epochs", "6", "--stage1-epochs", "6", "--stage3-epochs", "4", "--trainer", "local"]
 
-# stage -> (its record in stages.json, a file that exists only once the stage is under way)
+# stage -> files (globs) that exist only once the stage has something to resume from
 KILL_POINTS = [
-    ("localize", "localize/history.json"),
-    ("train-parts", "train-parts/history.json"),
-    ("generate", "negatives/settings.json"),
-    ("train-final", "train-final/original.history.json"),
+    ("localize", "ray/localize/**/state.pt"),
+    ("train-parts", "ray/train-parts/**/state.pt"),
+    ("generate", "negatives/class_*.parquet"),
+    ("train-final", "ray/train-final*/**/state.pt"),
 ]
+EVERY_EPOCH = {"GHNS_REPORT_SECONDS": "0"}  # a checkpoint each epoch: a kill lands after one
+
+
+def _checkpointed_epoch(run: Path, pattern: str) -> int:
+    """The epoch of the newest checkpoint matching ``pattern`` (the one a rerun resumes from)."""
+    import torch
+
+    newest = max(run.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+    return int(torch.load(newest, map_location="cpu", weights_only=True)["epoch"])
+
+
+def resumed_after(log: str, stage: str, epoch: int) -> bool:
+    """Whether a process's console ``log`` shows ``stage`` going on after ``epoch`` (0-based)
+    rather than from its first epoch again: its first epoch line is ``epoch + 2`` (1-based)."""
+    firsts = [int(line.split(f"{stage}: epoch ", 1)[1].split("/")[0]) for line in log.splitlines()
+              if f"{stage}: epoch " in line]
+    return bool(firsts) and firsts[0] == epoch + 2
 
 
 def _stages(run: Path) -> dict:
@@ -56,7 +81,7 @@ def _kill_during(run: Path, stage: str, marker: str, env: dict) -> dict:
                                 start_new_session=True)
     try:
         end = time.monotonic() + 600
-        while not ((run / marker).is_file() and _stages(run).get("_partial", {}).get(stage)):
+        while not (any(run.glob(marker)) and _stages(run).get("_partial", {}).get(stage)):
             assert proc.poll() is None, (f"the pipeline ended before {stage} began:\n"
                                          + log.read_text()[-3000:])
             assert time.monotonic() < end, f"timed out waiting for {marker}"
@@ -78,14 +103,26 @@ def _snapshot(run: Path, names: list[str]) -> dict[str, bytes]:
 def test_killed_in_each_stage_the_rerun_finishes_clean(tmp_path, ray_session):
     import ray
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           **EVERY_EPOCH}
     run = tmp_path / "run"
+    resumes: dict[str, int] = {}  # training stage -> the epoch it was killed after
+    shards: dict[Path, int] = {}  # the generator's shards written before its kill -> mtime
     done_files = {"localize": ["localization.parquet", "localization.json"],
                   "train-parts": ["train-parts/parts.pt", "embeddings.parquet", "train-parts/filternet.pt"],
                   "generate": ["generate.json"]}
     kept: dict[str, bytes] = {"catalog.parquet": b""}
+    previous = None
     for stage, marker in KILL_POINTS:
         stages = _kill_during(run, stage, marker, env)
+        if previous in resumes:  # this process ran the stage killed before: resumed, not restarted
+            log = (run.parent / f"killed-in-{stage}.log").read_text()
+            assert resumed_after(log, previous, resumes[previous]), f"{previous} did not resume"
+        if stage == "generate":
+            shards = {p: p.stat().st_mtime_ns for p in (run / "negatives").glob("class_*.parquet")}
+        elif stage != "train-final":
+            resumes[stage] = _checkpointed_epoch(run, marker)
+        previous = stage
         assert stage not in stages, f"{stage} finished before the kill: nothing was interrupted"
         assert stages.get("_partial", {}).get(stage), f"{stage} did not record its partial work"
         for name, data in _snapshot(run, list(kept)).items():  # finished stages stay as they were
@@ -95,6 +132,7 @@ def test_killed_in_each_stage_the_rerun_finishes_clean(tmp_path, ray_session):
         for name in done_files.get(stage, []):
             kept.setdefault(name, b"")
     _pipeline(run, env)  # a process like the killed ones (threads, environment): only the kills differ
+    assert shards and all(p.stat().st_mtime_ns == t for p, t in shards.items()), "finished shards were rewritten"
     for name, data in _snapshot(run, [n for n in kept if kept[n]]).items():
         assert data == kept[name], f"{name} changed in the final rerun"
 
@@ -139,3 +177,24 @@ def _differences(a, b, path="report") -> str:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return "; ".join(_differences(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)) if x != y)
     return f"{path}: {a!r} after the kills, {b!r} never killed"
+
+
+def test_the_resume_check_fails_on_a_build_that_does_not_resume(tmp_path, ray_session):
+    """The same kill and check, with the package's ``resume`` replaced (in the child processes
+    only, by a ``sitecustomize``) by one that ignores the checkpoint: the check must fail."""
+    import ray
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import ghns.train.epochs as e\n"
+        "e.resume = lambda state, *args, **kwargs: 0  # start over, whatever was saved\n")
+    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{REPO}",
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address, **EVERY_EPOCH}
+    run = tmp_path / "run"
+    _kill_during(run, "localize", KILL_POINTS[0][1], env)
+    epoch = _checkpointed_epoch(run, KILL_POINTS[0][1])
+    done = subprocess.run([sys.executable, "-m", "ghns", "localize", "--run-dir", str(run), *TINY_SYNTHETIC,
+                           *LONGER], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not resumed_after(done.stdout + done.stderr, "localize", epoch)
