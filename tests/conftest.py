@@ -120,3 +120,18 @@ def tiny_run(tmp_path_factory, ray_session) -> Path:
     except SystemExit as exc:
         assert exc.code in (0, None)
     return run
+
+
+def stop_train_final_after_original(run: Path) -> tuple[Path, int]:
+    """Make ``run`` look as if train-final stopped after its original classifier (object.pt
+    gone, train-final and evaluate unrecorded); returns the kept original.pt and its mtime."""
+    import json
+
+    kept = run / "train-final" / "original.pt"
+    mtime = kept.stat().st_mtime_ns
+    (run / "train-final" / "object.pt").unlink()
+    stages = json.loads((run / "stages.json").read_text())
+    for name in ("train-final", "evaluate"):
+        stages.pop(name)
+    (run / "stages.json").write_text(json.dumps(stages))
+    return kept, mtime

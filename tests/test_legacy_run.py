@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_SYNTHETIC
+from tests.conftest import REPO, TINY_SYNTHETIC, stop_train_final_after_original
 
 LEGACY = "47bfc1d"
 # the tiny run's flags that version knew (near misses came later), trained in its process
@@ -70,13 +70,7 @@ def test_an_earlier_run_resumes_an_interrupted_stage_and_predicts(legacy_run, cl
 
     run = tmp_path / "run"
     shutil.copytree(legacy_run, run, ignore=shutil.ignore_patterns("ray"))
-    kept = run / "train-final" / "original.pt"
-    kept_mtime = kept.stat().st_mtime_ns
-    (run / "train-final" / "object.pt").unlink()  # as if train-final stopped after the original classifier
-    stages = json.loads((run / "stages.json").read_text())
-    for name in ("train-final", "evaluate"):
-        stages.pop(name)
-    (run / "stages.json").write_text(json.dumps(stages))
+    kept, kept_mtime = stop_train_final_after_original(run)
     code, out, err = cli("pipeline", "--run-dir", run)
     assert code == 0, err
     assert "train-parts: done already" in err and "train-final: original done already" in err

@@ -37,14 +37,10 @@ def test_pipeline_resumes_an_interrupted_stage(cli, finished, tmp_path):
 
     run = tmp_path / "run"  # a copy: the session's run stays as other tests read it
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns("ray"))
+    from tests.conftest import stop_train_final_after_original
+
     stage3 = run / "train-final"
-    kept = stage3 / "original.pt"
-    kept_mtime = kept.stat().st_mtime_ns
-    (stage3 / "object.pt").unlink()  # as if train-final stopped after the original classifier
-    stages = json.loads((run / "stages.json").read_text())
-    for name in ("train-final", "evaluate"):
-        stages.pop(name)
-    (run / "stages.json").write_text(json.dumps(stages))
+    kept, kept_mtime = stop_train_final_after_original(run)
     code, out, err = cli("pipeline", "--run-dir", run)
     assert code == 0, err
     assert "localize: done already" in err and "generate: done already" in err
