@@ -71,20 +71,31 @@ def main(argv: list[str] | None = None) -> None:
     from ghns import pipeline
     from ghns.cli import main as cli_main
 
-    if sync_to:
-        from ghns.storage import Mirror, pull
+    from contextlib import nullcontext
 
-        local = Path(run_dir_of(args))
-        pulled = pull(sync_to, local)
-        log.info("run directory %s (%d files from %s)", local, pulled, sync_to)
-        mirror = Mirror(local, sync_to)
-        pipeline.AFTER_STAGE.append(lambda cfg, stage: mirror.push())
-    start = time.perf_counter()
-    log.info("ghns pipeline %s", " ".join(args))
-    try:
-        cli_main(["pipeline", *args])
-    finally:
-        log.info("job finished after %.0f s", time.perf_counter() - start)
+    from ghns.rundir import RunDir
+
+    local = Path(run_dir_of(args)) if sync_to else None
+    # the pull and the pipeline under one hold of the run directory's lock (re-entrant)
+    with RunDir(local).locked() if local is not None else nullcontext():
+        if sync_to and local is not None:
+            from ghns.errors import GHNSError
+            from ghns.storage import Mirror, pull
+
+            try:
+                pulled = pull(sync_to, local)
+            except GHNSError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
+            log.info("run directory %s (%d files from %s)", local, pulled, sync_to)
+            mirror = Mirror(local, sync_to)
+            pipeline.AFTER_STAGE.append(lambda cfg, stage: mirror.push())
+        start = time.perf_counter()
+        log.info("ghns pipeline %s", " ".join(args))
+        try:
+            cli_main(["pipeline", *args])
+        finally:
+            log.info("job finished after %.0f s", time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,32 @@ def test_job_finds_the_run_dir_from_flag_or_config(tmp_path):
     config.write_text(f"run_dir: {tmp_path / 'from-config'}\n")
     assert job.run_dir_of(["--config", str(config)]) == str(tmp_path / "from-config")
     assert job.run_dir_of(["--config", str(config), "--run-dir", "flag"]) == "flag"
+
+
+def test_push_deletes_what_the_run_no_longer_holds_and_skips_temporaries(tmp_path):
+    from ghns.storage import Mirror, pull
+
+    run, remote = tmp_path / "run", tmp_path / "remote"
+    (run / "negatives").mkdir(parents=True)
+    for c in range(3):
+        (run / "negatives" / f"class_{c:05d}.parquet").write_bytes(b"shard %d" % c)
+    (run / "report.json.4242-0badcafe.tmp").write_text("half")  # an interrupted writer's
+    mirror = Mirror(run, f"file://{remote}")
+    assert mirror.push() == 3 and not (remote / "report.json.4242-0badcafe.tmp").exists()
+    (run / "negatives" / "class_00002.parquet").unlink()  # a rerun with fewer classes
+    mirror.push()
+    assert sorted(p.name for p in (remote / "negatives").iterdir()) == ["class_00000.parquet", "class_00001.parquet"]
+    fresh = tmp_path / "fresh"
+    assert pull(f"file://{remote}", fresh) == 2  # the stale shard does not come back
+    assert not list(fresh.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("key", ["../outside.txt", "a/../../outside.txt", "/"])
+def test_a_mirror_key_outside_the_run_directory_is_refused(tmp_path, key):
+    from ghns.errors import GHNSError
+    from ghns.storage import local_target
+
+    with pytest.raises(GHNSError, match="outside the run directory"):
+        local_target(tmp_path / "run", key, "s3://bucket/run")
+    assert local_target(tmp_path / "run", "/negatives/class_00000.parquet", "s3://b/r") == \
+        tmp_path / "run" / "negatives" / "class_00000.parquet"
