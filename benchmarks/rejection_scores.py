@@ -89,7 +89,7 @@ def main() -> None:
     from ghns.data.catalog import Catalog
     from ghns.rejection import KINDS
     from ghns.rundir import RunDir
-    from ghns.evaluate import build_report, compute_scores, rejection_confidences
+    from ghns.evaluate import KnownSets, build_report, compute_scores, rejection_confidences
     from ghns.stats import auroc, paired_auroc_bootstrap
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -103,7 +103,9 @@ def main() -> None:
         cfg = Config.from_yaml(run.config, saved_run=True)
         catalog = Catalog.read(run.catalog)
         scores = compute_scores(cfg, run, catalog)  # the cached scores of the run's evaluate
-        conf = rejection_confidences(cfg, run, catalog, scores, build_report(cfg, run, catalog, scores))
+        known = KnownSets.of(run)
+        conf = rejection_confidences(cfg, run, catalog, scores, build_report(cfg, run, catalog, scores, known),
+                                     known=known)
         if conf is None:
             raise SystemExit(f"{path}: the catalog names no unknown images (see this script's docstring)")
         c = conf["with_negatives"]

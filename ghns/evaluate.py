@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +120,8 @@ def compute_scores(cfg: Config, run: RunDir, catalog: Catalog, force: bool = Fal
     return out
 
 
-def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]],
+                 known: KnownSets | None = None) -> dict[str, Any]:
     val, test = scores["val"], scores["test"]
     step = cfg.fusion_step
 
@@ -162,7 +164,8 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
         "table6": table6,
         "parts_without_negatives": rows["parts_noneg"],
         # ghns predict --reject: "none of these" below the score that 95% of known val images reach
-        "reject_threshold": reject_settings(run, confidence(Fusion.from_dict(full)([val[n] for n in main]))),
+        "reject_threshold": reject_settings(known or KnownSets.of(run),
+                                            confidence(Fusion.from_dict(full)([val[n] for n in main]))),
     }
     ensemble = [n for n in scores["test"] if n.startswith("original_seed")]
     if ensemble:
@@ -180,19 +183,27 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
     return report
 
 
-def part_sets(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
-    """The train and val images' part embeddings (N, P, D) from ``embeddings.parquet``."""
-    meta, emb = read_embeddings(run.embeddings)
-    split = meta["split"].to_numpy()
-    return emb[split == "train"], emb[split == "val"]
+@dataclass(frozen=True)
+class KnownSets:
+    """The train images' part embeddings (N, P, D) and each val image's part-set similarity to
+    them (``nearest_set_similarity``): read and computed once per evaluate."""
+
+    train: np.ndarray
+    val_similarity: np.ndarray
+
+    @classmethod
+    def of(cls, run: RunDir) -> "KnownSets":
+        meta, emb = read_embeddings(run.embeddings)
+        split = meta["split"].to_numpy()
+        train = emb[split == "train"]
+        return cls(train, nearest_set_similarity(emb[split == "val"], train))
 
 
-def reject_settings(run: RunDir, val_fused: np.ndarray) -> dict[str, Any]:
+def reject_settings(known: KnownSets, val_fused: np.ndarray) -> dict[str, Any]:
     """What ``ghns predict --reject`` reads: the threshold of the fused score and of the combined
     score (``ghns.rejection``) that ``REJECT_ACCEPT`` of known val images reach, and the
     calibration the combined score needs (quantiles of known val fused scores and similarities)."""
-    train, val = part_sets(run)
-    similarity = nearest_set_similarity(val, train)
+    similarity = known.val_similarity
     cal = Calibration.fit(val_fused, similarity)
     combined = cal.combined(val_fused, similarity)
     return {"fused": round(reject_threshold(val_fused), 6), "combined": round(reject_threshold(combined), 6),
@@ -203,7 +214,8 @@ ARMS = (("parts", "with_negatives"), ("parts_noneg", "without_negatives"))
 
 
 def rejection_confidences(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]],
-                          report: dict[str, Any], force: bool = False) -> dict[str, dict] | None:
+                          report: dict[str, Any], force: bool = False,
+                          known: KnownSets | None = None) -> dict[str, dict] | None:
     """``{arm: confidences}`` (``ghns.rejection.confidences``: every rejection image's parts, fused,
     similarity and combined score) with and without hard negatives; None without unknown images."""
     from ghns.predict import rejection_inputs
@@ -219,27 +231,28 @@ def rejection_confidences(cfg: Config, run: RunDir, catalog: Catalog, scores: di
     fusions = {"parts": Fusion.from_dict(report["table6"]["original + object + parts"]),  # the report's own
                "parts_noneg": choose_fusion([val["original"], val["object"], val["parts_noneg"]], val["label"],
                                             cfg.fusion_rule, cfg.fusion_step)}  # as fused_without_negatives
-    train, val_sets = part_sets(run)
-    val_similarity = nearest_set_similarity(val_sets, train)
+    known = known or KnownSets.of(run)
+    similarity = {name: nearest_set_similarity(d["embeddings"], known.train) for name, d in inputs.items()}
     out = {}
     for name, key in ARMS:
         model = load_parts_classifier(run.train_final / f"{name}.pt")
         fusion = fusions[name]
-        cal = Calibration.fit(confidence(fusion([val["original"], val["object"], val[name]])), val_similarity)
+        cal = Calibration.fit(confidence(fusion([val["original"], val["object"], val[name]])), known.val_similarity)
 
         def scored(_: str, emb: np.ndarray, model=model) -> np.ndarray:
             return parts_softmax(model, emb)
-        out[key] = confidences(inputs, scored, fusion, train, cal)
+        out[key] = confidences(inputs, scored, fusion, similarity, cal)
     return out
 
 
 def rejection_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]],
-                     report: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+                     report: dict[str, Any], force: bool = False,
+                     known: KnownSets | None = None) -> dict[str, Any] | None:
     """AUROC of known test images against each unknown set (``ghns.rejection``) for each score,
     with and without hard negatives."""
     from ghns.rejection import rejection_figures
 
-    conf = rejection_confidences(cfg, run, catalog, scores, report, force)
+    conf = rejection_confidences(cfg, run, catalog, scores, report, force, known)
     if conf is None:
         return None
     out: dict[str, Any] = {key: rejection_figures(c) for key, c in conf.items()}
@@ -317,8 +330,9 @@ def run_evaluate(cfg: Config, run: RunDir, fp: dict[str, Any], force: bool) -> d
     start = time.perf_counter()
     with run.stage("evaluate", fp):  # committed only once every file below is in place
         scores = compute_scores(cfg, run, catalog, force)
-        report = build_report(cfg, run, catalog, scores)
-        rejection = rejection_report(cfg, run, catalog, scores, report, force)
+        known = KnownSets.of(run)  # read and computed once, for the threshold and the figures
+        report = build_report(cfg, run, catalog, scores, known)
+        rejection = rejection_report(cfg, run, catalog, scores, report, force, known)
         if rejection:
             report["rejection"] = rejection
         report["seconds"]["evaluate"] = round(time.perf_counter() - start, 3)

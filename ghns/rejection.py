@@ -137,19 +137,19 @@ class Calibration:
 
 
 def confidences(inputs: dict[str, dict[str, np.ndarray]], parts: Callable[[str, np.ndarray], np.ndarray],
-                fusion: Fusion, train: np.ndarray | None = None,
+                fusion: Fusion, similarity: dict[str, np.ndarray] | None = None,
                 calibration: Calibration | None = None) -> dict[str, dict[str, np.ndarray]]:
     """``{set: {"parts": (N,), "fused": (N,)}}``: each image's maximum softmax score, parts alone
     and fused with the run's original and object scores by ``fusion``; ``parts(set, embeddings)``
-    gives a parts classifier's softmax scores (computed, or saved by the study). With the train
-    images' part embeddings ``train`` also ``"similarity"`` (``nearest_set_similarity``), and with
-    a ``calibration`` as well ``"combined"``."""
+    gives a parts classifier's softmax scores (computed, or saved by the study). With each set's
+    ``similarity`` (``nearest_set_similarity``: the same for every classifier, so computed once by
+    the caller) also ``"similarity"``, and with a ``calibration`` as well ``"combined"``."""
     out = {}
     for name, d in inputs.items():
         p = parts(name, d["embeddings"])
         out[name] = {"parts": confidence(p), "fused": confidence(fusion([d["original"], d["object"], p]))}
-        if train is not None:
-            out[name]["similarity"] = nearest_set_similarity(d["embeddings"], train)
+        if similarity is not None:
+            out[name]["similarity"] = similarity[name]
             if calibration is not None:
                 out[name]["combined"] = calibration.combined(out[name]["fused"], out[name]["similarity"])
     return out

@@ -114,7 +114,8 @@ def test_confidences_add_similarity_and_combined_where_given():
     plain = confidences(inputs, parts, fusion)
     assert set(plain["known"]) == {"parts", "fused"}
     cal = Calibration.fit(plain["known_val"]["fused"], nearest_set_similarity(inputs["known_val"]["embeddings"], train))
-    full = confidences(inputs, parts, fusion, train, cal)
+    sims = {name: nearest_set_similarity(d["embeddings"], train) for name, d in inputs.items()}
+    full = confidences(inputs, parts, fusion, sims, cal)
     for name, d in full.items():
         assert d["similarity"] == pytest.approx(nearest_set_similarity(inputs[name]["embeddings"], train))
         assert d["combined"] == pytest.approx(cal.combined(d["fused"], d["similarity"]))
