@@ -122,8 +122,7 @@ def compute_scores(cfg: Config, run: RunDir, catalog: Catalog, force: bool = Fal
 
 def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, dict[str, np.ndarray]],
                  known: KnownSets | None = None) -> dict[str, Any]:
-    val, test = scores["val"], scores["test"]
-    step = cfg.fusion_step
+    val, test, step = scores["val"], scores["test"], cfg.fusion_step
 
     def single(name: str) -> dict[str, float]:
         return {f"top{k}": round(topk_accuracy(test[name], test["label"], k), 2) for k in (1, 3, 5)} | {
@@ -142,6 +141,7 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
     main = ("original", "object", "parts")
     rows = {n: single(n) for n in ("original", "object", "parts", "parts_noneg")}
     full = fused(main, cfg.resolved_fusion_weights())
+    full_val = Fusion.from_dict(full)([val[n] for n in main])  # the fused val scores, for the reject threshold
     table6 = {"original": rows["original"], "object": rows["object"], "parts": rows["parts"],
               "original + object": fused(("original", "object")),
               "original + parts": fused(("original", "parts")),
@@ -164,8 +164,7 @@ def build_report(cfg: Config, run: RunDir, catalog: Catalog, scores: dict[str, d
         "table6": table6,
         "parts_without_negatives": rows["parts_noneg"],
         # ghns predict --reject: "none of these" below the score that 95% of known val images reach
-        "reject_threshold": reject_settings(known or KnownSets.of(run),
-                                            confidence(Fusion.from_dict(full)([val[n] for n in main]))),
+        "reject_threshold": reject_settings(known or KnownSets.of(run), confidence(full_val)),
     }
     ensemble = [n for n in scores["test"] if n.startswith("original_seed")]
     if ensemble:
