@@ -127,3 +127,10 @@ def load_torch(path: str | Path, map_location: str = "cpu") -> Any:
         raise
     except (EOFError, RuntimeError, ValueError) as exc:  # empty, truncated, not a torch zip
         raise RunFileError(f"{path}: not a readable torch file ({_first_line(exc)}): {REDO}") from None
+
+
+def check_format(path: Path, what: str, found: Any, reads: int) -> None:
+    """Refuse in one line a run file that a newer ghns wrote (its ``what`` format above ``reads``)."""
+    if not isinstance(found, int) or found > reads:
+        raise RunFileError(f"{path} was written by a newer ghns ({what} format {found}; this one reads up to "
+                           f"{reads}): upgrade ghns, or use another --run-dir")

@@ -48,6 +48,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
     if format is not None:
         what, wanted = format
         found = state.get("settings", {}).get("format", 1)
+        if isinstance(found, int) and found > wanted:
+            raise StageError(f"{path} was made by a newer ghns ({what} format {found}, this one "
+                             f"reads {wanted}): upgrade ghns, or use another --run-dir")
         if found != wanted:
             raise StageError(f"{path} was made by an older ghns ({what} format {found}, this one "
                              f"reads {wanted}): rerun 'ghns train-final --force'")

@@ -287,15 +287,21 @@ def study(cfg: Config,
           train_per_class: int = typer.Option(0, "--train-per-class", min=0, help="Train the parts "
                                               "classifiers on at most this many images per class "
                                               "(0 = all): the data-scarce setting."),
+          part_networks_lr: float = typer.Option(0.0, "--part-networks-lr", min=0.0, help="Train each "
+                                                 "arm's part networks too, at this learning rate (the "
+                                                 "paper's stage 3), and add the arm generated_online "
+                                                 "(n+ recomposed through the training networks); 0 = "
+                                                 "frozen part networks."),
           force: bool = typer.Option(False, "--force", help="Start the study over.")) -> None:
     """Do the hard negatives help? The parts classifier without negatives, with generated ones and
-    with mined ones over seeds, alone and fused: top-1 and near-miss / open-set AUROC with paired
-    95% intervals (and McNemar); study.json / study.md / study.png."""
+    with mined ones over seeds (with --part-networks-lr its part networks train too, and n+
+    recomposed through them is one more arm), alone and fused: top-1 and near-miss / open-set AUROC
+    with paired 95% intervals (and McNemar); study.json / study.md / study.png."""
     from ghns.study import parse_grid, run_study
 
     result = run_study(cfg, seeds, parse_grid(tau_grid, float, "tau_grid"),
                        parse_grid(per_class_grid, int, "per_class_grid"), out=out, force=force,
-                       train_per_class=train_per_class)
+                       train_per_class=train_per_class, part_networks_lr=part_networks_lr)
     folder = Path(out) if out else Path(cfg.run_dir) / "study"
     typer.echo((folder / "study.md").read_text().rstrip())
     typer.echo(f"(study: {folder / 'study.json'}, {folder / 'study.png'})")

@@ -71,6 +71,10 @@ class Config:
                                              "cataloguing and refused by predict: a decompression "
                                              "bomb costs no memory. Default: PIL's own threshold.",
                                  low=1, section="catalog")
+    max_image_bytes: int = _opt(256 * 2**20, "Image files larger than this on disk (bytes) are "
+                                             "skipped when cataloguing and refused by predict, "
+                                             "before any byte is read; 0 = no limit.",
+                                low=0, section="catalog", before=0)
     synthetic_classes: int = _opt(20, "Synthetic dataset: number of classes.", low=2, high=64,
                                   section="catalog")
     synthetic_per_class: int = _opt(120, "Synthetic dataset: images per class.", low=4,
@@ -374,7 +378,8 @@ class Config:
             return self.part_image_size
         # a pretrained backbone's features are learned at its input scale: a part crop at half of
         # it gives Lite0 a 4 x 4 last map, and on cub50-dev the parts classifier lost 1-2 points
-        # (docs/stages.md, Part crops); a from-scratch backbone learns at whatever size it is given
+        # (docs/stages/train-parts.md, Part crop size); a from-scratch backbone learns at whatever
+        # size it is given
         if self.resolved_weights() != "none":
             return self.resolved_localize_size()
         return max(48, self.resolved_localize_size() // 2)
@@ -382,9 +387,9 @@ class Config:
     def resolved_part_box_scale(self) -> float:
         if self.part_box_scale:
             return self.part_box_scale
-        # chosen on the parts classifier's val accuracy (docs/stages.md, Part boxes): with a pretrained
-        # backbone (224 px part crops) 0.5 beat 0.4 on all three cub50-dev seeds; from scratch
-        # (48 px crops) 0.4 beat 0.5 on the synthetic default
+        # chosen on the parts classifier's val accuracy (docs/stages/train-parts.md, Part box
+        # scale): with a pretrained backbone (224 px part crops) 0.5 beat 0.4 on all three
+        # cub50-dev seeds; from scratch (48 px crops) 0.4 beat 0.5 on the synthetic default
         return 0.5 if self.resolved_weights() != "none" else 0.4
 
     def to_dict(self) -> dict[str, Any]:

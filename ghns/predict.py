@@ -120,7 +120,7 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, path: str, top: int = 5, reject: RejectRule | None = None) -> Prediction:
         try:
-            img = load_rgb(path, self.cfg.max_image_pixels)
+            img = load_rgb(path, self.cfg.max_image_pixels, self.cfg.max_image_bytes)
         except BadImage as exc:
             return Prediction(path, error=str(exc))
         if self.fusion is None:
@@ -157,10 +157,15 @@ class Predictor:
 
         p_orig = probs(self.original, self.orig_settings)
         p_obj = probs(self.object, self.obj_settings, obj)
-        size = self.part_settings["image_size"]
-        crops = torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
-        emb, _, _ = self.parts(to_float(crops)[None])
+        emb, _, _ = self.parts(to_float(self.part_crops(img, parts))[None])
         return p_orig, p_obj, emb[0].numpy()
+
+    def part_crops(self, img, parts: list[tuple] | None = None) -> torch.Tensor:
+        """(P, 3, s, s) uint8: the image's part crops at the part networks' size (its boxes
+        found here unless given)."""
+        parts = parts if parts is not None else self.boxes(img)[1]
+        size = self.part_settings["image_size"]
+        return torch.stack([torch.from_numpy(crop_resize(img, size, b)).permute(2, 0, 1) for b in parts])
 
 
 def rejection_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force: bool = False,
@@ -192,7 +197,7 @@ def rejection_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force
         orig, obj, emb, failed = [], [], [], []
         for path in tqdm(files, desc=f"rejection: {name} images", unit="img", disable=not progress, leave=False):
             try:
-                img = load_rgb(path, predictor.cfg.max_image_pixels)
+                img = load_rgb(path, predictor.cfg.max_image_pixels, predictor.cfg.max_image_bytes)
             except BadImage as exc:
                 log.warning("rejection: skipped %s (%s)", path, exc)
                 failed.append(True)
@@ -209,5 +214,42 @@ def rejection_inputs(run: RunDir, catalog: Catalog, stamp: dict[str, Any], force
     with atomic_path(data_file, suffix=".npz") as tmp:
         arrays: dict[str, Any] = {f"{n}/{k}": v for n, d in out.items() for k, v in d.items()}
         np.savez_compressed(tmp, **arrays)
+    atomic_write_text(stamp_file, json.dumps(stamp, sort_keys=True))
+    return out
+
+
+def rejection_crops(run: RunDir, catalog: Catalog, stamp: dict[str, Any], progress: bool = True
+                    ) -> dict[str, np.ndarray] | None:
+    """The part crops (uint8, (N, P, 3, s, s)) of every rejection image that
+    ``rejection_inputs`` scores, in its rows (images it could not read are left out the same way),
+    for parts classifiers that run their own part networks (``ghns study --train-part-networks``).
+    Cached as ``<run>/rejection/crops.npz`` with ``stamp``; None when the catalog has no unknown
+    images."""
+    from tqdm.auto import tqdm
+
+    if not unknown_sets(catalog):
+        return None
+    paths = {k: v for k, v in image_sets(catalog).items() if v}
+    stamp = {**stamp, "images": hashlib.sha1(json.dumps(paths, sort_keys=True).encode()).hexdigest(), "crops": 1}
+    folder = run.path / "rejection"
+    stamp_file, data_file = folder / "crops-stamp.json", folder / "crops.npz"
+    if stamp_file.is_file() and data_file.is_file() and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
+        return dict(np.load(data_file))
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_file.unlink(missing_ok=True)
+    predictor = Predictor(run, need_fusion=False)
+    out: dict[str, np.ndarray] = {}
+    for name, files in paths.items():
+        crops = []
+        for path in tqdm(files, desc=f"rejection: {name} part crops", unit="img", disable=not progress, leave=False):
+            try:
+                crops.append(predictor.part_crops(load_rgb(path, predictor.cfg.max_image_pixels, predictor.cfg.max_image_bytes)).numpy())
+            except BadImage:
+                continue  # rejection_inputs counted and logged it
+        size = int(predictor.part_settings["image_size"])
+        out[name] = np.stack(crops) if crops else np.zeros((0, 3, 3, size, size), np.uint8)
+    with atomic_path(data_file, suffix=".npz") as tmp:
+        arrays: dict[str, Any] = dict(out)
+        np.savez(tmp, **arrays)
     atomic_write_text(stamp_file, json.dumps(stamp, sort_keys=True))
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ghns import stages as _stages
-from ghns.atomic import atomic_path, atomic_write_text, read_json, remove_temporaries, temporary_name  # noqa: F401 - re-exported
+from ghns.atomic import atomic_path, atomic_write_text, check_format, read_json, remove_temporaries, temporary_name  # noqa: F401 - re-exported
 from ghns.errors import GHNSError, StageError
 
 if TYPE_CHECKING:
@@ -47,6 +47,11 @@ STALE = "_stale"
 # instead of being refused (e.g. fixed fusion weights from a sweep).
 REDO_ON_CHANGE = tuple(s.name for s in _stages.STAGES if s.redo_on_change)
 
+
+# The layout version of the run directory, kept in stages.json under FORMAT_KEY (runs without it
+# are format 1). A run written by a newer ghns is refused in one line rather than misread.
+RUN_FORMAT = 1
+FORMAT_KEY = "_format"
 
 # Stage names of run directories made before each stage had one name (its CLI command).
 LEGACY = {"stage1": "train-parts", "stage3": "train-final"}
@@ -174,10 +179,12 @@ class RunDir:
         older run directories are read as today's)."""
         if not self.stages_file.is_file():
             return {}
-        return _renamed(read_json(self.stages_file))
+        stages = read_json(self.stages_file)
+        check_format(self.stages_file, "run directory", stages.pop(FORMAT_KEY, 1), RUN_FORMAT)
+        return _renamed(stages)
 
     def write_stages(self, stages: dict[str, Any]) -> None:
-        atomic_write_text(self.stages_file, json.dumps(stages, indent=2, sort_keys=True))
+        atomic_write_text(self.stages_file, json.dumps({**stages, FORMAT_KEY: RUN_FORMAT}, indent=2, sort_keys=True))
 
     def begin(self, cfg: Config, name: str, force: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """A stage's common start (``ghns.stages``): the files it needs exist (else one line naming

@@ -35,9 +35,13 @@ Beside them, ``"vs_without": {ARM: {METRIC: {"mean", "ci95": [lo, hi]}}}`` for A
 bootstrap over seeds, known and unknown images: ``ghns.stats.paired_auroc_bootstrap``) and the
 same of the parts classifier alone (``near_miss_auroc_parts``, ...); a metric the run cannot have
 is absent. ``rejection`` holds each arm's per-seed AUROCs, on test and on val (``..._val``), and
-``train_per_class`` the data-scarce cap (null: every train image). The arm ``generated_online``
-of issue 34 (n+ recomposed from part networks that stage 3 trains) is not built: with frozen part
-networks it would equal ``generated``.
+``train_per_class`` the data-scarce cap (null: every train image).
+
+``--part-networks-lr LR`` (> 0) trains every arm's part networks too, as the paper's stage 3 does
+(``ghns.train_final.part_networks``: the run's part crops in, stage 1's weights and the probe as
+the start), and adds the arm ``generated_online`` (n+ recomposed every step from the training
+networks' embeddings of the bank's provenance crops; ``generated`` then keeps the bank's fixed
+stage-1 features, the paper's n+). With frozen networks the two would be one arm, so it is absent.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class BankSpec:
 
 
 ARMS = ("without", "generated", "mined")  # "generated": the bank's n+ ("with" in study.json's arms)
+ONLINE = "generated_online"  # with --train-part-networks: n+ recomposed through the training networks
+# the n+ source of each arm when the part networks train (ghns.train_final.part_networks.SOURCES)
+NETWORK_SOURCES = {"without": "none", "generated": "stored", ONLINE: "online", "mined": "mined"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class Job:
 
     @property
     def name(self) -> str:
+        if self.kind == ONLINE:
+            return f"online-s{self.seed}"
         if self.kind == "generated":
             assert self.bank is not None
             return f"with-{self.bank.key}-s{self.seed}"
@@ -109,13 +118,16 @@ def parse_grid(text: str | None, kind: type, name: str) -> list:
     return values
 
 
-def plan(seeds: list[int], banks: list[BankSpec], mined: bool = True) -> list[Job]:
+def plan(seeds: list[int], banks: list[BankSpec], mined: bool = True, online: BankSpec | None = None) -> list[Job]:
     """Every job: the "without" arm once per seed, the "generated" arm per seed and bank, the
-    "mined" arm once per seed."""
+    "mined" arm once per seed and, given ``online`` (the main bank; part networks that train),
+    the "generated_online" arm once per seed."""
     jobs = [Job(s, None) for s in seeds]
     jobs += [Job(s, b) for b in banks for s in seeds]
     if mined:
         jobs += [Job(s, None, "mined") for s in seeds]
+    if online is not None:
+        jobs += [Job(s, online, ONLINE) for s in seeds]
     return jobs
 
 
@@ -135,7 +147,7 @@ def per_class_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def study_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: this worker's share of the jobs, one after another (no DDP: each
     job is a whole classifier; workers split the jobs)."""
-    from ghns.train_final.parts import NegativeBank, PartsData, fit_parts_classifier, parts_probe, parts_softmax
+    from ghns.train_final.parts import NegativeBank, PartsData, parts_probe
     from ghns.train_parts.table import read_embeddings
     from ghns.train.runner import WorkerContext
 
@@ -150,6 +162,8 @@ def study_loop(config: dict[str, Any]) -> None:
     rejection = dict(np.load(spec.rejection)) if spec.rejection else {}
     dim = data.train_x.shape[1]
     probe = parts_probe(data, spec.num_classes)  # every job starts from the same probe
+    train = (_networks_trainer(spec, data, probe, eval_ids) if spec.part_networks
+             else _frozen_trainer(spec, data, probe, eval_sets, rejection))
     banks: dict[str, NegativeBank] = {}
     jobs = spec.jobs[ctx.rank::ctx.world]
     out_dir = Path(spec.jobs_dir)
@@ -159,21 +173,64 @@ def study_loop(config: dict[str, Any]) -> None:
             continue
         t0 = time.perf_counter()
         bank = NegativeBank.empty(dim)
-        arm = job.get("arm") or ("without" if job["bank"] is None else "generated")
         if job["bank"] is not None:
             key = job["bank"]["key"]
             if key not in banks:
                 banks[key] = NegativeBank.read(Path(job["bank"]["folder"]), dim, job["bank"]["per_class"])
             bank = banks[key]
-        model, best = fit_parts_classifier(data, bank, spec.parts, spec.num_classes, job["seed"],
-                                           arm != "without", source="mined" if arm == "mined" else "generated",
-                                           probe=probe)
-        reject: dict[str, Any] = {f"reject/{k}": parts_softmax(model, v) for k, v in rejection.items()}
+        arm = job.get("arm") or ("without" if job["bank"] is None else "generated")
+        scores, reject, best = train(job["seed"], arm, bank)
         with atomic_path(out, suffix=".npz") as tmp:  # savez appends .npz otherwise
-            np.savez_compressed(tmp, image_id=eval_ids, scores=parts_softmax(model, eval_sets),
-                                val_acc=best.acc, epoch_kept=best.epoch, bank_size=len(bank), **reject)
+            np.savez_compressed(tmp, image_id=eval_ids, scores=scores, val_acc=best.acc, epoch_kept=best.epoch,
+                                bank_size=len(bank),
+                                **{f"reject/{k}": v for k, v in reject.items()})
         print(f"study: {job['name']} done ({i + 1}/{len(jobs)} on worker {ctx.rank}): val top-1 "
               f"{best.acc:.2f}, {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def _frozen_trainer(spec: StudySpec, data, probe, eval_sets: np.ndarray, rejection: dict[str, np.ndarray]):
+    """``train(seed, arm, bank) -> (eval scores, {rejection set: scores}, KeepBest)``: a head on the
+    frozen stage-1 part embeddings (``fit_parts_classifier``)."""
+    from ghns.train_final.parts import fit_parts_classifier, parts_softmax
+
+    def train(seed: int, arm: str, bank):
+        model, best = fit_parts_classifier(data, bank, spec.parts, spec.num_classes, seed, arm != "without",
+                                           source="mined" if arm == "mined" else "generated", probe=probe)
+        return (parts_softmax(model, eval_sets), {k: parts_softmax(model, v) for k, v in rejection.items()},
+                best)
+    return train
+
+
+def _networks_trainer(spec: StudySpec, data, probe, eval_ids: np.ndarray):
+    """The same with the part networks training too (``ghns.train_final.part_networks``): the run's
+    part crops (or part-crop trunk outputs) in, each arm's n+ from ``NETWORK_SOURCES``."""
+    import torch
+
+    from ghns.data.catalog import Catalog
+    from ghns.train_final import part_networks as pn
+
+    assert spec.part_networks is not None
+    networks_spec: dict[str, Any] = spec.part_networks
+    run = RunDir(networks_spec["run"])
+    catalog = Catalog.read(run.catalog)
+    networks, settings = pn.stage1_networks(run)
+    inputs = pn.read_part_inputs(run, catalog, networks, settings)
+    splits = [pn.split_part_inputs(run, catalog, networks, settings, s)[0] for s in ("val", "test")]
+    ids = np.concatenate([catalog.split(s)["image_id"].to_numpy() for s in ("val", "test")])
+    row = {int(i): r for r, i in enumerate(ids)}
+    eval_x = torch.cat(splits)[[row[int(i)] for i in eval_ids]]
+    crops = dict(np.load(networks_spec["rejection_crops"])) if networks_spec.get("rejection_crops") else {}
+    rejection = {k: pn.crop_inputs(networks, torch.from_numpy(v), inputs.cached) for k, v in crops.items()}
+
+    def train(seed: int, arm: str, bank):
+        model = pn.start_model(networks, data, spec.parts, spec.num_classes, inputs.cached, probe)
+        model, best = pn.fit_with_networks(inputs, model, bank, spec.parts, seed, NETWORK_SOURCES[arm],
+                                           networks_spec["lr"])
+
+        def softmax(x: torch.Tensor) -> np.ndarray:
+            return pn.predict(model, x, out=lambda logits: logits.softmax(1)).numpy()
+        return softmax(eval_x), {k: softmax(v) for k, v in rejection.items()}, best
+    return train
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -181,18 +238,17 @@ def study_loop(config: dict[str, Any]) -> None:
 @holds_run_lock
 def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
               per_class_grid: list[int] | None = None, out: str | None = None,
-              force: bool = False, train_per_class: int = 0) -> dict[str, Any]:
+              force: bool = False, train_per_class: int = 0, part_networks_lr: float = 0.0) -> dict[str, Any]:
     """Run the study over ``cfg.run_dir`` (running what it needs first); returns study.json.
     ``train_per_class``: the parts classifiers (every arm) see at most that many train images
     per class (0: all), the data-scarce setting; the run's original and object classifiers, which
-    the fused figures use, stay as trained."""
+    the fused figures use, stay as trained. ``part_networks_lr`` > 0: every arm trains its part
+    networks too, at that learning rate (stage 3 as the paper trains it), and the arm
+    "generated_online" joins."""
     from ghns.data.catalog import Catalog
     from ghns.pipeline import run_until
 
-    if seeds < 2:
-        raise ConfigError(f"'seeds' must be >= 2 (an interval needs several seeds), got {seeds}")
-    if train_per_class < 0:
-        raise ConfigError(f"'train_per_class' must be >= 0 (0 = every train image), got {train_per_class}")
+    _check_arguments(seeds, train_per_class, part_networks_lr)
     run = RunDir(cfg.run_dir)
     if "evaluate" not in run.stages() or not (run.scores / "test.npz").is_file():
         run_until(cfg, "evaluate")
@@ -206,20 +262,22 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     banks = banks if main_bank in banks else [main_bank, *banks]
     folders = bank_folders(cfg, run, folder, banks)
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
-    jobs = plan(seed_list, banks)
+    jobs = plan(seed_list, banks, online=main_bank if part_networks_lr else None)
     parts = _parts_config(cfg)
     rejection = _rejection_inputs(cfg, run, catalog)
     digest = _digest({"parts": parts, "inputs": _embeddings_stamp(run),
                       **({"train_per_class": train_per_class} if train_per_class else {}),
+                      **({"part_networks_lr": part_networks_lr} if part_networks_lr else {}),
                       **({"rejection": sorted(rejection)} if rejection else {})})
     jobs_dir, rejection_file = _jobs_folder(folder, digest, rejection)
+    networks = _networks_settings(cfg, run, catalog, part_networks_lr, bool(rejection))
     todo = [j for j in jobs if not (jobs_dir / f"{j.name}.npz").is_file()]
     start = time.perf_counter()
     if todo:
         log.info("study: %d of %d classifiers to train (%d seeds, %d bank setting(s), arms %s)",
-                 len(todo), len(jobs), seeds, len(banks), ", ".join(ARMS))
+                 len(todo), len(jobs), seeds, len(banks), ", ".join(ARMS + ((ONLINE,) if part_networks_lr else ())))
         _train_jobs(cfg, run, todo, folders, jobs_dir, parts, len(catalog.classes), digest, rejection_file,
-                    train_per_class)
+                    train_per_class, networks)
     else:
         log.info("study: all %d classifiers trained already", len(jobs))
     scores = {j.name: dict(np.load(jobs_dir / f"{j.name}.npz")) for j in jobs}
@@ -234,6 +292,18 @@ def run_study(cfg: Config, seeds: int, tau_grid: list[float] | None = None,
     atomic_write_text(folder / "study.md", render_study(result))
     study_figure(result, folder / "study.png")
     return result
+
+
+def _check_arguments(seeds: int, train_per_class: int, part_networks_lr: float) -> None:
+    if seeds < 2:
+        raise ConfigError(f"'seeds' must be >= 2 (an interval needs several seeds), got {seeds}")
+    if train_per_class < 0:
+        raise ConfigError(f"'train_per_class' must be >= 0 (0 = every train image), got {train_per_class}")
+    if not part_networks_lr >= 0:
+        raise ConfigError(f"'part_networks_lr' must be >= 0 (0 = frozen part networks), got {part_networks_lr}")
+    if part_networks_lr and train_per_class:
+        raise ConfigError("'train_per_class' with trained part networks is not supported: the online arm "
+                          "recomposes n+ from train images the capped classifiers would not see")
 
 
 def _jobs_folder(folder: Path, digest: str, rejection: dict[str, dict[str, np.ndarray]] | None
@@ -261,6 +331,23 @@ def _rejection_inputs(cfg: Config, run: RunDir, catalog) -> dict[str, dict[str, 
 
     return rejection_inputs(run, catalog, {**scores_stamp(run, model_names(cfg)), "kind": "rejection"},
                           progress=not cfg.quiet)
+
+
+def _networks_settings(cfg: Config, run: RunDir, catalog, lr: float, rejection: bool) -> dict[str, Any] | None:
+    """What the workers need to train part networks (None when they stay frozen): the run, the
+    learning rate and the rejection images' part crops (made here once)."""
+    if not lr:
+        return None
+    from ghns.evaluate import scores_stamp
+    from ghns.predict import rejection_crops
+    from ghns.train_final.stage import model_names
+
+    out: dict[str, Any] = {"run": str(run.path.resolve()), "lr": lr}
+    if rejection:
+        rejection_crops(run, catalog, {**scores_stamp(run, model_names(cfg)), "kind": "rejection"},
+                        progress=not cfg.quiet)
+        out["rejection_crops"] = str((run.path / "rejection" / "crops.npz").resolve())
+    return out
 
 
 def _parts_config(cfg: Config) -> dict[str, Any]:
@@ -310,7 +397,7 @@ def bank_folders(cfg: Config, run: RunDir, folder: Path, banks: list[BankSpec]) 
 
 def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Path], jobs_dir: Path,
                 parts: dict[str, Any], num_classes: int, digest: str, rejection: Path | None = None,
-                train_per_class: int = 0) -> None:
+                train_per_class: int = 0, networks: dict[str, Any] | None = None) -> None:
     from ghns.train_final.parts import PartsSettings
     from ghns.train.runner import fit
 
@@ -322,7 +409,8 @@ def _train_jobs(cfg: Config, run: RunDir, todo: list[Job], folders: dict[str, Pa
             for j in todo]
     spec = StudySpec(parts=PartsSettings.from_dict(parts), embeddings=str(run.embeddings.resolve()),
                      jobs_dir=str(jobs_dir.resolve()), num_classes=num_classes, jobs=jobs,
-                     rejection=str(rejection.resolve()) if rejection else None, train_per_class=train_per_class)
+                     rejection=str(rejection.resolve()) if rejection else None, train_per_class=train_per_class,
+                     part_networks=networks)
     fit(study_loop, spec, cfg, name=name)
     missing = [j.name for j in todo if not (jobs_dir / f"{j.name}.npz").is_file()]
     if missing:
@@ -387,13 +475,14 @@ def summarize_study(scores: dict[str, dict[str, np.ndarray]], run_scores: dict[s
             result["arms"]["with"] = {w: entry[w]["per_seed"] for w in ("parts", "fused")}
             result["paired"] = {w: entry[w]["paired"] for w in ("parts", "fused")}
     arm_names = {"without": without, "generated": f"with-{main.key}-s{{seed}}"}
-    if all(f"mined-s{s}" in scores for s in seeds):
-        arm_names["mined"] = "mined-s{seed}"
-        result["arms"]["mined"] = {w: top1(correct(arm_names["mined"], w)) for w in ("parts", "fused")}
+    for arm, name in (("mined", "mined-s{seed}"), (ONLINE, "online-s{seed}")):
+        if all(name.format(seed=s) in scores for s in seeds):
+            arm_names[arm] = name
+            result["arms"][arm] = {w: top1(correct(name, w)) for w in ("parts", "fused")}
     vs: dict[str, dict[str, Any]] = {
         arm: {which: {k: boot[k] for k in ("mean", "ci95")} for which in ("parts", "fused")
               for boot in [paired_bootstrap(correct(arm_names[arm], which), correct(without, which), n_boot=n_boot)]}
-        for arm in ("generated", "mined") if arm in arm_names}
+        for arm in ("generated", ONLINE, "mined") if arm in arm_names}
     if rejection and any(k in rejection for k in KINDS):
         def job_confidences(job: str) -> dict[str, dict[str, np.ndarray]]:  # from the job's saved parts scores
             return confidences(rejection, lambda name, _: scores[job][f"reject/{name}"], preds[job]["rule"])

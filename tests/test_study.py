@@ -74,6 +74,9 @@ def test_plan_and_grid_parsing():
     assert [j.kind for j in jobs] == ["without"] * 2 + ["generated"] * 4 + ["mined"] * 2
     assert Job(3, None).name == "without-s3"
     assert len(plan([0], banks, mined=False)) == 3
+    online = plan([0, 1], banks[:1], online=banks[0])
+    assert [j.name for j in online][-2:] == ["online-s0", "online-s1"]
+    assert {j.kind for j in online[-2:]} == {"generated_online"} and online[-1].bank == banks[0]
     assert parse_grid("10, 50,150", int, "per_class_grid") == [10, 50, 150]
     assert parse_grid(None, float, "tau_grid") == []
     from ghns.errors import ConfigError
@@ -114,6 +117,30 @@ def test_study_on_the_tiny_run(cli, tiny_run, tmp_path):
     assert json.loads((out / "study.json").read_text())["arms"] == result["arms"]
     code, _, err = cli("study", "--run-dir", tiny_run, "--seeds", "1")
     assert code == 2 and "--seeds" in err
+
+
+@pytest.mark.slow
+def test_study_with_part_networks_training_adds_the_online_arm(cli, tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"  # a copy: this study adds the rejection images' part crops to the run
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("ray"))
+    out = tmp_path / "study-networks"
+    code, stdout, err = cli("study", "--run-dir", run, "--seeds", "2", "--part-networks-lr", "0.01",
+                            "--parts-epochs", "1", "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "study.json").read_text())
+    assert set(result["vs_without"]) == {"generated", "generated_online", "mined"}
+    for arm in ("generated", "generated_online", "mined"):
+        for metric in ("parts", "fused", "near_miss_auroc", "near_miss_auroc_parts"):
+            v = result["vs_without"][arm][metric]
+            assert v["ci95"][0] <= v["mean"] <= v["ci95"][1]
+    jobs = {p.stem: dict(np.load(p)) for p in (out / "jobs").glob("*/*.npz")}
+    assert len(jobs) == 4 * 2 and jobs["online-s0"]["bank_size"] > 0 and jobs["without-s0"]["bank_size"] == 0
+    assert (run / "rejection" / "crops.npz").is_file()
+    code, _, err = cli("study", "--run-dir", run, "--seeds", "2", "--part-networks-lr", "0.01",
+                       "--train-per-class", "3", "--out", out)
+    assert code == 2 and "'train_per_class' with trained part networks" in err
 
 
 def test_per_class_subset_is_seeded_nested_and_capped():

@@ -20,10 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ghns.atomic import REDO, atomic_path, read_table
+from ghns.atomic import REDO, atomic_path, check_format, read_table
 from ghns.errors import DataError, RunFileError
 
 SPLITS = ("train", "val", "test")
+CATALOG_FORMAT = 1  # in the file's metadata; a catalog of a newer format is refused in one line
 
 CATALOG_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -67,7 +68,7 @@ class Catalog:
         table = pa.Table.from_pandas(_with_all_columns(self.table), schema=CATALOG_SCHEMA,
                                      preserve_index=False)
         meta = {b"ghns": json.dumps({"dataset": self.dataset, "classes": self.classes,
-                                     "info": self.info}).encode()}
+                                     "info": self.info, "format": CATALOG_FORMAT}).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
@@ -81,6 +82,7 @@ class Catalog:
         meta = json.loads((table.schema.metadata or {}).get(b"ghns", b"null")) or {}
         if "classes" not in meta:
             raise RunFileError(f"{path}: not a ghns catalog (no class list in its metadata): {REDO}")
+        check_format(path, "catalog", meta.get("format", 1), CATALOG_FORMAT)
         return cls(meta["dataset"], table.to_pandas(), meta["classes"], meta.get("info", {}))
 
 

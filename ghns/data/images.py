@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # PIL's own decompression-bomb threshold (it warns above it and refuses above twice it).
 DEFAULT_MAX_PIXELS = 89_478_485
+# Files larger than this are refused before a byte is read (0 = no limit): a valid tiny image
+# padded to gigabytes would otherwise be read whole for its content hash.
+DEFAULT_MAX_BYTES = 256 * 2**20
 # What a broken or hostile file can make PIL raise while opening or decoding it.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
                   ZeroDivisionError, struct.error, Image.DecompressionBombError)
@@ -41,13 +44,17 @@ class BadImage(Exception):
         super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
 
 
-def _open(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open (header only) and refuse what is missing, empty, unreadable or over ``max_pixels``."""
+def _open(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+    """Open (header only) and refuse what is missing, empty, over ``max_bytes`` on disk (0: no
+    limit), unreadable or over ``max_pixels``."""
     p = Path(path)
     if not p.is_file():
         raise BadImage(p, "missing")
-    if p.stat().st_size == 0:
+    size = p.stat().st_size
+    if size == 0:
         raise BadImage(p, "empty")
+    if max_bytes and size > max_bytes:
+        raise BadImage(p, "too-large", f"{size} bytes on disk, over the limit of {max_bytes} (--max-image-bytes)")
     try:
         with warnings.catch_warnings():  # our limit below is the one that counts
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -100,21 +107,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
     """Decode an image fully and return it as upright 8-bit RGB, or raise ``BadImage``."""
-    img = _decode(_open(path, max_pixels), path)
+    img = _decode(_open(path, max_pixels, max_bytes), path)
     try:
         return to_rgb(img)
     except _DECODE_ERRORS as exc:
         raise BadImage(path, "corrupt", str(exc)) from None
 
 
-def check_image(path: str | Path, level: str = "full", max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+def check_image(path: str | Path, level: str = "full", max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Return the file's content hash if it is usable at ``level`` ('full' or 'header')."""
     if level == "full":
-        load_rgb(path, max_pixels)
+        load_rgb(path, max_pixels, max_bytes)
     else:
-        _open(path, max_pixels).close()
+        _open(path, max_pixels, max_bytes).close()
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
@@ -144,8 +152,9 @@ class VerifyReport:
 
 
 def verify_images(df: pd.DataFrame, level: str = "full", threads: int = 4, progress: bool = True,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[pd.DataFrame, VerifyReport]:
-    """Drop rows whose image is missing, empty, unreadable, over ``max_pixels`` or
+                  max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+                  ) -> tuple[pd.DataFrame, VerifyReport]:
+    """Drop rows whose image is missing, empty, unreadable, over ``max_pixels`` or ``max_bytes`` or
     (``level='full'``) truncated or undecodable.
 
     Returns the kept rows (order preserved) and a report. Byte-identical files are found on the
@@ -158,7 +167,7 @@ def verify_images(df: pd.DataFrame, level: str = "full", threads: int = 4, progr
 
     def one(path: str):
         try:
-            return check_image(path, level, max_pixels), None
+            return check_image(path, level, max_pixels, max_bytes), None
         except BadImage as exc:
             return None, exc
 

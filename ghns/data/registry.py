@@ -58,7 +58,7 @@ def build_catalog(cfg: Config, progress: bool = True):
     if rows.empty:
         raise DataError(f"{cfg.dataset}: no images found under {root}")
     rows, report = verify_images(rows, level=cfg.verify_images, progress=progress,
-                                 max_pixels=cfg.max_image_pixels)
+                                 max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes)
     if report.n_skipped:
         log.warning("%s: %s", cfg.dataset, report.summary())
     if report.duplicates_across_splits:
@@ -87,5 +87,6 @@ def build_catalog(cfg: Config, progress: bool = True):
                  "skipped_paths": report.skipped_paths[:100],
                  "duplicate_groups": report.duplicate_groups[:100],
                  "duplicates_across_splits": report.duplicates_across_splits,
-                 "verify_images": cfg.verify_images, "max_image_pixels": cfg.max_image_pixels})
+                 "verify_images": cfg.verify_images, "max_image_pixels": cfg.max_image_pixels,
+                 "max_image_bytes": cfg.max_image_bytes})
     return make_catalog(cfg.dataset, rows, classes, info)

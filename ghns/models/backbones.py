@@ -111,7 +111,7 @@ def cpu_layout(model: nn.Module, device: torch.device | str) -> torch.memory_for
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     # Replicate, not zero, padding: a zero border tells every layer where the image edge is, and a
-    # part of the localizer settled on that edge (synthetic set; docs/stages.md, Localization).
+    # part of the localizer settled on that edge (synthetic set; docs/stages/localize.md).
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False,
                                    padding_mode="replicate"),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))

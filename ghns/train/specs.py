@@ -337,6 +337,7 @@ class StudySpec(Spec):
     jobs: list = field(default_factory=list)  # [{"name", "seed", "arm", "bank": None | {...}}]
     rejection: str | None = None  # part embeddings of the rejection images (ghns.rejection), if any
     train_per_class: int = 0  # the parts classifiers see at most this many train images per class (0: all)
+    part_networks: dict | None = None  # {"run", "lr", "rejection_crops"}: the part networks train too
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StudySpec":

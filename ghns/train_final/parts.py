@@ -15,7 +15,9 @@ is *no* class; only a negative can, so this is where a composite carries what re
 
 One function trains one classifier (``fit_parts_classifier``); the stage-3 Ray Train loop and the
 study's loop (``ghns study``: many seeds and arms in one Ray Train run) both call it, so the two
-train exactly the same way.
+train exactly the same way. The same classifier with its part networks training too (the paper's
+stage 3, ``ghns study --part-networks-lr``) is ``ghns.train_final.part_networks``; both use
+``parts_loss``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from ghns.losses import mined_metric_loss, not_class_loss, parts_metric_loss, uniform_loss
+from ghns.models import N_PARTS
 from ghns.models.classifiers import PARTS_FORMAT, PartsClassifier
 from ghns.models.registry import create_model
 from ghns.sampling import pk_batches
@@ -71,13 +74,14 @@ class NegativeBank:
     x: torch.Tensor
     by_class: dict[int, np.ndarray] = field(default_factory=dict)
     by_ref: dict[int, np.ndarray] = field(default_factory=dict)
+    sources: np.ndarray | None = None  # (M, P) image id of each set's part k (its provenance)
 
     def __len__(self) -> int:
         return len(self.x)
 
     @classmethod
     def empty(cls, dim: int) -> "NegativeBank":
-        return cls(torch.zeros(0, dim))
+        return cls(torch.zeros(0, dim), sources=np.zeros((0, N_PARTS), np.int64))
 
     @classmethod
     def read(cls, folder: Path, dim: int, per_class: int | None = None) -> "NegativeBank":
@@ -93,6 +97,7 @@ class NegativeBank:
             keep = (meta.groupby("class").cumcount() < per_class).to_numpy()
             meta, emb = meta[keep].reset_index(drop=True), emb[keep]
         bank = cls(torch.from_numpy(emb))
+        bank.sources = meta[[f"part{k + 1}_image" for k in range(N_PARTS)]].to_numpy(np.int64)
         bank.by_class = {int(c): rows for c, rows in meta.groupby("class").indices.items()}
         bank.by_ref = {int(r): rows for r, rows in meta.groupby("ref_image").indices.items()}
         return bank
@@ -186,7 +191,6 @@ def _parts_classifier_epoch(data: PartsData, bank: NegativeBank, settings: Parts
                             mined: bool = False) -> dict[str, float]:
     """One epoch of Eq. 10 on P-K batches, each anchor's n+ from the bank (or, ``mined``, from the
     batch), plus the negatives' logit term where set; the mean losses over workers."""
-    lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
     train_y = data.train_y
     net.train()
     sums = torch.zeros(4)
@@ -199,25 +203,35 @@ def _parts_classifier_epoch(data: PartsData, bank: NegativeBank, settings: Parts
         if len(rows):
             x = torch.cat([x, bank.x[rows]])
         f, all_logits = net(x.to(device))
-        f_real, logits = f[: len(idx)], all_logits[: len(idx)]
-        l_cls = F.cross_entropy(logits, y)
-        if mined:
-            l_metric = mined_metric_loss(f_real, y, m1, m2)
-        else:
-            l_metric = parts_metric_loss(f_real, y, f[len(idx):], pos, m1, m2, settings.negatives_per_anchor)
-        loss = lam * l_cls + (1 - lam) * l_metric
-        if len(rows) and settings.negative_logits != "none" and settings.negative_logits_weight > 0:
-            neg_logits = all_logits[len(idx):]
-            made_from = y[torch.from_numpy(pos).to(device)]
-            l_neg = (not_class_loss(neg_logits, made_from) if settings.negative_logits == "not_class"
-                     else uniform_loss(neg_logits))
-            loss = loss + settings.negative_logits_weight * l_neg
+        loss, l_cls, l_metric = parts_loss(f, all_logits, y, pos, settings, mined)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sums += torch.tensor([loss.item(), l_cls.item(), float(l_metric.detach()), 1.0])
     sums = all_reduce(sums)
     return dict(zip(("loss", "cls", "quad"), (sums[:3] / sums[3].clamp_min(1)).tolist()))
+
+
+def parts_loss(f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, pos: np.ndarray,
+               settings: PartsSettings, mined: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 10 on a batch: rows ``len(y)`` onwards of the set embeddings ``f`` and ``logits`` are
+    generated n+, row j that of anchor ``pos[j]``; ``mined``: n+ mined among the real rows instead.
+    Plus, where set, the negatives' own logit term. Returns (loss, its L_cls, its metric term)."""
+    lam, m1, m2 = settings.lambda_parts, settings.quad_m1, settings.quad_m2
+    f_real, real_logits = f[: len(y)], logits[: len(y)]
+    l_cls = F.cross_entropy(real_logits, y)
+    if mined:
+        l_metric = mined_metric_loss(f_real, y, m1, m2)
+    else:
+        l_metric = parts_metric_loss(f_real, y, f[len(y):], pos, m1, m2, settings.negatives_per_anchor)
+    loss = lam * l_cls + (1 - lam) * l_metric
+    if len(pos) and settings.negative_logits != "none" and settings.negative_logits_weight > 0:
+        neg_logits = logits[len(y):]
+        made_from = y[torch.from_numpy(pos).to(y.device)]
+        l_neg = (not_class_loss(neg_logits, made_from) if settings.negative_logits == "not_class"
+                 else uniform_loss(neg_logits))
+        loss = loss + settings.negative_logits_weight * l_neg
+    return loss, l_cls, l_metric
 
 
 @torch.no_grad()

@@ -137,3 +137,25 @@ def test_pipeline_and_predict_on_the_corpus(bad_files, tmp_path, cli, ray_sessio
             assert f"{folder / name}\n" in out
         else:
             assert any(name in e and reason in e for e in errors), (name, errors)
+
+
+def test_a_padded_file_over_the_byte_limit_is_refused_before_it_is_read(tmp_path, cli, monkeypatch):
+    """A valid 40 x 30 PNG with 3 MB of trailing bytes decodes fine; over ``--max-image-bytes`` it
+    is a counted too-large skip, and nothing of it is read (its content hash is never taken)."""
+    from ghns.data import images
+
+    padded = write_image(tmp_path / "flowers" / "a" / "padded.png")
+    padded.write_bytes(padded.read_bytes() + b"\0" * 3_000_000)
+    assert images.load_rgb(padded).size == (40, 30)  # under the default limit it is an image
+    with pytest.raises(images.BadImage, match=r"bytes on disk, over the limit of 1000000 \(--max-image-bytes\)"):
+        images.load_rgb(padded, max_bytes=1_000_000)
+    for i in range(4):
+        write_image(tmp_path / "flowers" / "a" / f"good{i}.png", seed=i)
+        write_image(tmp_path / "flowers" / "b" / f"good{i}.png", seed=10 + i)
+    read = []
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real_read_bytes(self))
+    code, out, err = cli("data", "info", "--dataset", "imagefolder", "--root", tmp_path / "flowers",
+                         "--max-image-bytes", "1000000")
+    assert code == 0, err
+    assert "skipped images: 1 (1 too-large)" in out and "padded.png" not in read

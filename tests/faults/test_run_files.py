@@ -112,6 +112,43 @@ def test_a_catalog_written_by_something_else_is_refused_in_one_line(tiny_run, tm
     _one_line(code, err, str(path), "not a ghns catalog")
 
 
+def test_run_files_of_a_newer_ghns_are_refused_in_one_line_and_left_alone(tiny_run, tmp_path, cli):
+    """stages.json, the catalog and a checkpoint each carry their format; one from the future is
+    refused naming the file, and nothing is rewritten."""
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+
+    run = _copy(tiny_run, tmp_path)
+    assert json.loads((run / "stages.json").read_text())["_format"] == 1
+    stages = run / "stages.json"
+    good = stages.read_bytes()
+    stages.write_text(json.dumps({**json.loads(good), "_format": 99}))
+    future = stages.read_bytes()
+    code, _, err = cli("pipeline", "--run-dir", run)
+    _one_line(code, err, str(stages), "newer ghns", "run directory format 99")
+    assert stages.read_bytes() == future
+    stages.write_bytes(good)
+
+    catalog = run / "catalog.parquet"
+    table = pq.read_table(catalog)
+    meta = json.loads(table.schema.metadata[b"ghns"])
+    assert meta["format"] == 1
+    pq.write_table(table.replace_schema_metadata({b"ghns": json.dumps({**meta, "format": 2}).encode()}), catalog)
+    code, _, err = cli("evaluate", "--run-dir", run)
+    _one_line(code, err, str(catalog), "newer ghns", "catalog format 2")
+    pq.write_table(table, catalog)
+
+    model = run / "train-final" / "parts.pt"
+    state = torch.load(model, weights_only=True)
+    state["settings"]["format"] = 7
+    torch.save(state, model)
+    image = Catalog.read(catalog).split("test")["path"].iloc[0]
+    code, _, err = cli("predict", "--run-dir", run, image)
+    _one_line(code, err, str(model), "newer ghns", "upgrade ghns")
+
+
 def test_temporaries_of_an_interrupted_run_are_removed_when_the_lock_is_taken(tiny_run, tmp_path, cli):
     run = _copy(tiny_run, tmp_path)
     left = [run / "report.json.4242-0badcafe.tmp", run / "rejection" / "inputs.npz.4242-0badcafe.npz",
