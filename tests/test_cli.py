@@ -25,7 +25,7 @@ def test_help_lists_every_command(cli):
 
 NON_CONFIG = {"config", "force", "help", "rows", "out", "top", "reject", "reject_score",  # command switches, not run settings
               "space", "trials", "scheduler", "concurrent",  # sweep's own
-              "seeds", "tau_grid", "per_class_grid", "train_per_class"}  # study's own
+              "seeds", "tau_grid", "per_class_grid", "train_per_class", "part_networks_lr"}  # study's own
 
 
 def test_every_config_flag_is_a_config_key():
