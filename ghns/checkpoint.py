@@ -15,7 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ghns.atomic import atomic_path, load_torch, save_torch
+from ghns.atomic import atomic_path, check_format, load_torch, save_torch
 from ghns.errors import StageError
 from ghns.models.registry import create_model, kinds, model_format
 
@@ -48,9 +48,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
     if format is not None:
         what, wanted = format
         found = state.get("settings", {}).get("format", 1)
-        if isinstance(found, int) and found > wanted:
-            raise StageError(f"{path} was made by a newer ghns ({what} format {found}, this one "
-                             f"reads {wanted}): upgrade ghns, or use another --run-dir")
+        check_format(Path(path), what, found, wanted)  # a newer one: "upgrade ghns"
         if found != wanted:
             raise StageError(f"{path} was made by an older ghns ({what} format {found}, this one "
                              f"reads {wanted}): rerun 'ghns train-final --force'")

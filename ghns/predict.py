@@ -21,6 +21,7 @@ from ghns.data.tensors import crop_resize, to_float
 from ghns.errors import StageError
 from ghns.fusion import Fusion
 from ghns.localize.boxes import box_around, box_from_map, mass_centre, scale_box
+from ghns.models import N_PARTS
 from ghns.rejection import Calibration, image_sets, nearest_set_similarity, unknown_sets
 from ghns.atomic import atomic_path, atomic_write_text
 from ghns.rundir import RunDir
@@ -222,7 +223,7 @@ def rejection_crops(run: RunDir, catalog: Catalog, stamp: dict[str, Any], progre
                     ) -> dict[str, np.ndarray] | None:
     """The part crops (uint8, (N, P, 3, s, s)) of every rejection image that
     ``rejection_inputs`` scores, in its rows (images it could not read are left out the same way),
-    for parts classifiers that run their own part networks (``ghns study --train-part-networks``).
+    for parts classifiers that run their own part networks (``ghns study --part-networks-lr``).
     Cached as ``<run>/rejection/crops.npz`` with ``stamp``; None when the catalog has no unknown
     images."""
     from tqdm.auto import tqdm
@@ -247,7 +248,7 @@ def rejection_crops(run: RunDir, catalog: Catalog, stamp: dict[str, Any], progre
             except BadImage:
                 continue  # rejection_inputs counted and logged it
         size = int(predictor.part_settings["image_size"])
-        out[name] = np.stack(crops) if crops else np.zeros((0, 3, 3, size, size), np.uint8)
+        out[name] = np.stack(crops) if crops else np.zeros((0, N_PARTS, 3, size, size), np.uint8)
     with atomic_path(data_file, suffix=".npz") as tmp:
         arrays: dict[str, Any] = dict(out)
         np.savez(tmp, **arrays)

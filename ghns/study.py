@@ -80,7 +80,7 @@ class BankSpec:
 
 
 ARMS = ("without", "generated", "mined")  # "generated": the bank's n+ ("with" in study.json's arms)
-ONLINE = "generated_online"  # with --train-part-networks: n+ recomposed through the training networks
+ONLINE = "generated_online"  # with --part-networks-lr: n+ recomposed through the training networks
 # the n+ source of each arm when the part networks train (ghns.train_final.part_networks.SOURCES)
 NETWORK_SOURCES = {"without": "none", "generated": "stored", ONLINE: "online", "mined": "mined"}
 
@@ -215,10 +215,10 @@ def _networks_trainer(spec: StudySpec, data, probe, eval_ids: np.ndarray):
     catalog = Catalog.read(run.catalog)
     networks, settings = pn.stage1_networks(run)
     inputs = pn.read_part_inputs(run, catalog, networks, settings)
-    splits = [pn.split_part_inputs(run, catalog, networks, settings, s)[0] for s in ("val", "test")]
+    test_x, _ = pn.split_part_inputs(run, catalog, networks, settings, "test")
     ids = np.concatenate([catalog.split(s)["image_id"].to_numpy() for s in ("val", "test")])
     row = {int(i): r for r, i in enumerate(ids)}
-    eval_x = torch.cat(splits)[[row[int(i)] for i in eval_ids]]
+    eval_x = torch.cat([inputs.val_x, test_x])[[row[int(i)] for i in eval_ids]]
     crops = dict(np.load(networks_spec["rejection_crops"])) if networks_spec.get("rejection_crops") else {}
     rejection = {k: pn.crop_inputs(networks, torch.from_numpy(v), inputs.cached) for k, v in crops.items()}
 
